@@ -1,0 +1,21 @@
+"""Depot: a V2 / Open Inference Protocol model server on Flask and gunicorn."""
+from __future__ import annotations
+
+from flask import Flask
+
+from . import api, errors
+from .registry import Registry
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["DEPOT_API_KEY"] = settings.api_key
+    app.extensions["depot"] = Registry.open(settings)
+    app.register_blueprint(api.bp)
+    errors.init_app(app)
+    return app

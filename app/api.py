@@ -1,0 +1,122 @@
+"""The HTTP surface: V2 dataplane and the Model Repository extension.
+
+Thin on purpose: parse, call the registry or the runtime, encode. Every route
+that names a model also answers under ``/versions/<version>/``.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from . import codec
+from .errors import BadRequest, NotReady, Unauthorized, json_response
+from .registry import Registry
+
+bp = Blueprint("v2", __name__)
+
+SERVER_NAME = "depot"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)"]
+
+
+def registry() -> Registry:
+    return current_app.extensions["depot"]
+
+
+def model_route(rule: str, **options: Any):
+    """Register a view under ``/v2/models/<name>`` and its versioned twin."""
+    def decorate(view):
+        bp.add_url_rule(f"/v2/models/<name>{rule}", view_func=view, **options)
+        bp.add_url_rule(f"/v2/models/<name>/versions/<version>{rule}", view_func=view, **options)
+        return view
+    return decorate
+
+
+# -- health and server metadata ---------------------------------------------
+
+@bp.get("/v2/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def ready() -> Response:
+    if not registry().server_ready():
+        return json_response({"ready": False}, 503)
+    return json_response({"ready": True})
+
+
+@bp.get("/v2")
+def server_metadata() -> Response:
+    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
+                          "extensions": EXTENSIONS})
+
+
+# -- models -------------------------------------------------------------------
+
+@model_route("")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    return json_response(registry().metadata(name, version))
+
+
+@model_route("/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    registry().get_ready(name, version)
+    return json_response({"name": name, "ready": True})
+
+
+@model_route("/infer", methods=["POST"])
+def infer(name: str, version: str | None = None) -> Response:
+    row, runtime = registry().get_ready(name, version)
+    req = codec.decode_request(request.get_data())
+    outputs = runtime.check_outputs(req.outputs)
+    results = runtime.predict(runtime.input_array(req.inputs), outputs)
+    body = codec.encode_response(row.name, row.version, req.id, results)
+    return Response(body, mimetype="application/json")
+
+
+# -- repository extension -------------------------------------------------------
+
+def control_body() -> dict[str, Any]:
+    """Check the API key, then read the body (empty means ``{}``)."""
+    key = current_app.config["DEPOT_API_KEY"]
+    if key is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise Unauthorized("repository calls need 'Authorization: Bearer <DEPOT_API_KEY>'")
+    return codec.parse_object(request.get_data())
+
+
+@bp.post("/v2/repository/index")
+def repository_index() -> Response:
+    body = control_body()
+    ready_only = body.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
+    return json_response(registry().index(ready_only))
+
+
+@bp.post("/v2/repository/models/<name>/load")
+def repository_load(name: str) -> Response:
+    parameters = control_body().get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be an object")
+    unsupported = [k for k in parameters if k == "config" or k.startswith("file:")]
+    if unsupported:
+        raise BadRequest(f"load parameter {unsupported[0]!r} is not supported by Depot")
+    registry().load(name)
+    return json_response({"name": name, "load": True})
+
+
+@bp.post("/v2/repository/models/<name>/unload")
+def repository_unload(name: str) -> Response:
+    parameters = control_body().get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be an object")
+    dependents = parameters.get("unload_dependents", False)
+    if not isinstance(dependents, bool):
+        raise BadRequest(f"'unload_dependents' must be true or false, got {dependents!r}")
+    registry().unload(name)
+    return json_response({"name": name, "unload": True})

@@ -1,0 +1,102 @@
+"""Every failure Depot reports, and the one place that renders them.
+
+Each error is a class whose HTTP status is a class attribute; code that finds
+a problem raises the class that names it, and only :func:`init_app` turns it
+into the ``{"error": "..."}`` body that tritonclient and curl users read.
+``registry``, ``codec`` and the runtimes raise these without importing Flask.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("depot")
+
+
+class DepotError(Exception):
+    """Base class: an unexpected failure, reported as 500."""
+
+    status = 500
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class BadRequest(DepotError):
+    """The request is malformed or does not fit the model."""
+
+    status = 400
+
+
+class ModelNotFound(DepotError):
+    """No model (or no such version of it) is in the repository."""
+
+    status = 404
+
+
+class ModelNotReady(DepotError):
+    """The model is known but cannot serve now (unloaded, failed, loading).
+
+    400 rather than 503: load balancers retry a 503, which is wrong for a
+    model that was unloaded on purpose.
+    """
+
+    status = 400
+
+
+class LoadFailed(DepotError):
+    """The model's artifact could not be loaded; the reason is in the index."""
+
+    status = 400
+
+
+class Unauthorized(DepotError):
+    status = 401
+
+
+class PayloadTooLarge(DepotError):
+    status = 413
+
+
+class NotReady(DepotError):
+    """The server has not finished starting up."""
+
+    status = 503
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+def _depot_error(e: DepotError) -> Response:
+    return error_response(e.message, e.status)
+
+
+def _http_error(e: HTTPException) -> Response:
+    """Routing errors (404, 405, 413) keep werkzeug's status and headers
+    (``Allow`` on 405) but get Depot's JSON body."""
+    response = e.get_response()
+    response.set_data(orjson.dumps({"error": e.name if e.code in (404, 405) else e.description}))
+    response.mimetype = "application/json"
+    return response
+
+
+def _unexpected(e: Exception) -> Response:
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("internal error (id %s)", request_id)
+    return error_response(f"internal error (id {request_id})", 500)
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(DepotError, _depot_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,99 @@
+"""Depot's settings: read from the environment once, checked, then frozen.
+
+Nothing else in Depot reads ``os.environ``. A bad value stops start-up with a
+message that names the variable, instead of being quietly kept as a string.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A DEPOT_* variable holds a value Depot cannot use."""
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def parse_size(value: str) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    text = value.strip().upper().removesuffix("B")
+    scale = 1
+    for suffix, factor in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
+        if text.endswith(suffix):
+            text, scale = text[:-1], factor
+            break
+    try:
+        size = int(text) * scale
+    except ValueError:
+        raise ValueError(f"expected a size such as 65536 or 64M, got {value!r}") from None
+    if size <= 0:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def parse_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"expected seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def default_state_dir(models: Path) -> Path:
+    """One state folder per repository, so two deployments of different
+    repositories never share a registry by accident."""
+    digest = hashlib.sha1(str(models).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"depot-{digest}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: Path
+    state_dir: Path
+    load_at_startup: bool = True
+    api_key: str | None = None
+    max_body_bytes: int = 64 << 20
+    sync_interval: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+
+        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse(raw)
+            except ValueError as e:
+                raise SettingsError(f"{name}: {e}") from None
+
+        models = Path(env.get("DEPOT_MODELS") or "models").resolve()
+        return cls(
+            models=models,
+            state_dir=read("DEPOT_STATE_DIR", lambda v: Path(v).resolve(),
+                           default_state_dir(models)),
+            load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool, True),
+            api_key=env.get("DEPOT_API_KEY") or None,
+            max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),
+            sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
+        )

@@ -1,0 +1,133 @@
+"""The shared store: one truth about every model for all worker processes.
+
+SQLite in WAL mode: readers never block each other or the writer, a read is a
+primary-key lookup of a few microseconds, and the file outlives any worker.
+Everything above this module talks to :class:`Store` alone (read a row, list
+rows, a per-model lock, publish a row), so a store shared by many hosts can
+replace it without a change above.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    version TEXT,
+    runtime TEXT,
+    snapshot TEXT,
+    source TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+COLUMNS = "name, state, reason, generation, version, runtime, snapshot, source, details"
+
+
+def key(name: str) -> str:
+    """A file-name-safe key for a model name, whatever characters it has."""
+    return hashlib.sha1(name.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A model's shared state. ``generation`` grows on every load and unload;
+    a worker whose copy has another generation must catch up before serving.
+    ``snapshot`` is the private copy of the artifact that every worker loads,
+    so all of them serve the same bytes whatever happens on disk later.
+    ``details`` is JSON (parameters, declared inputs/outputs), parsed only
+    off the hot path."""
+
+    name: str
+    state: str
+    reason: str
+    generation: int
+    version: str | None
+    runtime: str | None
+    snapshot: str | None
+    source: str
+    details: str = "{}"
+
+    def replace(self, **changes: object) -> "Row":
+        return dataclasses.replace(self, **changes)
+
+
+class Store:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "registry.sqlite3"
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        """One connection per process and thread: SQLite connections must
+        not cross a fork, and gthread workers serve from several threads."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            local.conn, local.pid = conn, os.getpid()
+        return local.conn
+
+    def get(self, name: str) -> Row | None:
+        found = self._connect().execute(
+            f"SELECT {COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()
+        return Row(*found) if found else None
+
+    def rows(self) -> list[Row]:
+        return [Row(*r) for r in self._connect().execute(
+            f"SELECT {COLUMNS} FROM models ORDER BY name")]
+
+    def put(self, row: Row) -> None:
+        self._connect().execute(
+            f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            dataclasses.astuple(row))
+
+    def delete(self, name: str) -> None:
+        self._connect().execute("DELETE FROM models WHERE name = ?", (name,))
+
+    def get_meta(self, key: str) -> str | None:
+        found = self._connect().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._connect().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def reset(self) -> None:
+        """Forget everything: a new deployment starts from the disk."""
+        conn = self._connect()
+        conn.execute("DELETE FROM models")
+        conn.execute("DELETE FROM meta")
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialise control-plane calls on one model across every process
+        (and thread: each call opens its own file description)."""
+        folder = self.folder / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key(name)}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

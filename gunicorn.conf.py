@@ -1,0 +1,38 @@
+"""gunicorn settings for Depot.
+
+Every value here can be overridden on the command line or through
+GUNICORN_CMD_ARGS (``--bind``, ``--workers``, ...). Depot's own settings are
+DEPOT_* variables, read by app/settings.py.
+"""
+import os
+
+# One BLAS/OpenMP thread per worker: gunicorn already runs a process per core.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+wsgi_app = "app.wsgi:app"
+bind = ["127.0.0.1:8080"]
+workers = 2
+worker_class = "sync"
+# Load the app, and the models, once in the master: workers share the pages.
+preload_app = True
+timeout = 60
+graceful_timeout = 20
+# Depot is managed through its HTTP API; gunicorn's control socket would be a
+# second, unauthenticated way in, and one path shared by every deployment.
+control_socket_disable = True
+errorlog = "-"
+loglevel = "info"
+
+
+def _registry(server):
+    return server.app.wsgi().extensions["depot"]
+
+
+def when_ready(server):
+    """Register and load the repository once per deployment, before fork."""
+    _registry(server).startup()
+
+
+def post_worker_init(worker):
+    _registry(worker).start_sync()

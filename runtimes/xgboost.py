@@ -1,0 +1,49 @@
+"""XGBoost models: boosters and sklearn-API wrappers in .json, .ubj or .bst."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from app.errors import BadRequest
+
+from .base import Runtime
+
+CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
+
+
+class XGBoostRuntime(Runtime):
+    name = "xgboost"
+    suffixes = (".json", ".ubj", ".bst")
+    implementations = ("mlserver_xgboost.XGBoostModel", "xgboost")
+
+    def load(self) -> None:
+        import xgboost as xgb
+
+        # Loading from bytes avoids xgboost guessing the format from the
+        # suffix (.bst is UBJSON or legacy binary; the content decides).
+        raw = bytearray(self.path.read_bytes())
+        booster = xgb.Booster()
+        booster.load_model(raw)
+        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        is_classifier = objective.startswith(CLASSIFIER_OBJECTIVES)
+        model = xgb.XGBClassifier() if is_classifier else xgb.XGBRegressor()
+        model.load_model(raw)
+        # One thread per worker: gunicorn runs a process per core, and
+        # OpenMP threads across forked workers only fight for the same cores.
+        model.set_params(n_jobs=1)
+        self._model = model
+        self.n_features = booster.num_features()
+        if is_classifier:
+            self.outputs = ["predict", "predict_proba"]
+            self.signatures = {"predict": ("INT64", [-1, 1]),
+                               "predict_proba": ("FP32", [-1, int(model.n_classes_)])}
+        else:
+            self.outputs = ["predict"]
+            self.signatures = {"predict": ("FP32", [-1, 1])}
+
+    def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        try:
+            return {o: np.asarray(getattr(self._model, o)(x)) for o in outputs}
+        except (ValueError, TypeError) as e:
+            raise BadRequest(f"the model rejected the input: {e}") from None

@@ -1,0 +1,172 @@
+"""Fixtures that run Depot for real: gunicorn with several workers on a free
+localhost port, its own copy of the models and its own state folder.
+
+Every wait is a poll with a deadline, and every server is stopped by the PID
+of its process group when the fixture ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import joblib
+import numpy as np
+import pytest
+import requests
+import xgboost as xgb
+from sklearn.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (seen := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {seen!r} after {timeout}s")
+        time.sleep(every)
+    return seen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    models: Path
+    state: Path
+    log: Path
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kw)
+
+    def index(self, **body: Any) -> dict[str, dict]:
+        r = self.post("/v2/repository/index", json=body)
+        assert r.status_code == 200, r.text
+        return {e["name"]: e for e in r.json()}
+
+    def infer(self, model: str, body: dict, version: str | None = None) -> requests.Response:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        return self.post(path, json=body)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def worker_pids(self) -> set[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return {int(p) for p in out.stdout.split()}
+
+
+def _ready(server: Server) -> bool:
+    if server.proc.poll() is not None:
+        raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
+    try:
+        return server.get("/v2/health/ready").status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@contextlib.contextmanager
+def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
+               models: Path | None = MODELS) -> Iterator[Server]:
+    folder = tmp / "models"
+    if models is not None:
+        shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    folder.mkdir(exist_ok=True)
+    state = tmp / "state"
+    log = tmp / "server.log"
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOT_")}
+    full_env.update({"DEPOT_MODELS": str(folder), "DEPOT_STATE_DIR": str(state)}, **(env or {}))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+            cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, folder, state, log)
+    try:
+        wait_until(lambda: _ready(server), timeout=60)
+        yield server
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One 4-worker server shared by the tests that leave it as they found it."""
+    with run_server(tmp_path_factory.mktemp("shared")) as s:
+        yield s
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Callable[..., contextlib.AbstractContextManager[Server]]:
+    """A private server, for tests that change the models on disk."""
+    return lambda **kw: run_server(tmp_path, **kw)
+
+
+# -- the example models, loaded the way their own framework does ------------------
+
+@pytest.fixture(scope="session")
+def digits() -> np.ndarray:
+    return load_digits().data.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def mnist_model():
+    return joblib.load(MODELS / "mnist-svm" / "model.joblib")
+
+
+@pytest.fixture(scope="session")
+def mushroom_model():
+    model = xgb.XGBClassifier()
+    model.load_model(MODELS / "mushroom-xgboost" / "model.json")
+    return model
+
+
+@pytest.fixture(scope="session")
+def mushrooms() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return (rng.random((32, 126)) < 0.2).astype(np.float32)
+
+
+def v2_body(x: np.ndarray, datatype: str = "FP32", name: str = "input-0", **extra: Any) -> dict:
+    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                        "data": x.ravel().tolist()}], **extra}
+
+
+def output(reply: requests.Response, name: str = "predict") -> np.ndarray:
+    assert reply.status_code == 200, reply.text
+    for out in reply.json()["outputs"]:
+        if out["name"] == name:
+            return np.asarray(out["data"]).reshape(out["shape"])
+    raise AssertionError(f"no output {name!r} in {reply.text}")
