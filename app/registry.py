@@ -43,6 +43,7 @@ class Registry:
         self.settings = settings
         self.store = store
         self._cache: dict[str, tuple[int, runtimes.Runtime]] = {}
+        self._seen: tuple[int, dict[str, Row]] = (-1, {})
         self._lock = threading.RLock()
         self._syncing = False
 
@@ -52,8 +53,18 @@ class Registry:
 
     # -- data plane ---------------------------------------------------------
 
+    def rows(self) -> dict[str, Row]:
+        """Every row as the store holds it now. The change mark is read
+        first: rows read after it are at least as new as the mark says."""
+        mark = self.store.change_mark()
+        seen_mark, rows = self._seen
+        if mark != seen_mark:
+            rows = {row.name: row for row in self.store.rows()}
+            self._seen = (mark, rows)
+        return rows
+
     def row(self, name: str, version: str | None = None) -> Row:
-        row = self.store.get(name)
+        row = self.rows().get(name)
         if row is None:
             raise ModelNotFound(f"model {name!r} not found")
         if version is not None and version != row.version:
@@ -156,7 +167,7 @@ class Registry:
 
     def sync(self) -> None:
         """Bring this worker's cache in line with every row at once."""
-        rows = {row.name: row for row in self.store.rows()}
+        rows = self.rows()
         for name in list(self._cache):
             row = rows.get(name)
             if row is None or row.state != READY:

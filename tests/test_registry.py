@@ -1,0 +1,81 @@
+"""The registry in-process: two Registry objects on one state folder behave
+like two workers (each has its own cache, both share the store)."""
+from __future__ import annotations
+
+import pytest
+
+from app.errors import LoadFailed, ModelNotFound, ModelNotReady
+from app.registry import Registry
+from app.settings import Settings
+from app.store import Store
+from conftest import MODELS
+
+
+@pytest.fixture
+def workers(tmp_path):
+    settings = Settings(models=MODELS, state_dir=tmp_path / "state")
+    first = Registry.open(settings)
+    first.startup()
+    return first, Registry.open(settings)
+
+
+def test_every_write_moves_the_change_mark(tmp_path):
+    writer, reader = Store(tmp_path), Store(tmp_path)
+    marks = {reader.change_mark()}
+    writer.set_meta("a", "1")
+    marks.add(reader.change_mark())
+    writer.reset()
+    marks.add(reader.change_mark())
+    assert len(marks) == 3
+
+
+def test_unload_and_load_reach_the_other_worker_at_once(workers):
+    a, b = workers
+    assert b.get_ready("mnist-svm")[1].outputs == ["predict"]
+    a.unload("mnist-svm")
+    with pytest.raises(ModelNotReady, match="unloaded"):
+        b.get_ready("mnist-svm")
+    a.load("mnist-svm")
+    row, runtime = b.get_ready("mnist-svm")
+    assert row.state == "READY" and runtime is not a.get_ready("mnist-svm")[1]
+
+
+def test_reload_publishes_a_new_generation(workers):
+    a, b = workers
+    first = b.get_ready("mushroom-xgboost")
+    a.load("mushroom-xgboost")
+    second = b.get_ready("mushroom-xgboost")
+    assert second[0].generation == first[0].generation + 1
+    assert second[1] is not first[1]
+
+
+def test_versions_and_unknown_names(workers):
+    a, _ = workers
+    assert a.get_ready("mnist-svm", "v0.1.0")[0].version == "v0.1.0"
+    with pytest.raises(ModelNotFound):
+        a.get_ready("mnist-svm", "v9")
+    with pytest.raises(ModelNotFound):
+        a.get_ready("nope")
+    with pytest.raises(ModelNotFound):
+        a.load("nope")
+
+
+def test_sync_drops_and_loads_eagerly(workers):
+    a, b = workers
+    b.sync()
+    assert set(b._cache) == {"mnist-svm", "mushroom-xgboost"}
+    a.unload("mnist-svm")
+    b.sync()
+    assert set(b._cache) == {"mushroom-xgboost"}
+
+
+def test_failed_load_is_recorded(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "bad.joblib").write_bytes(b"garbage")
+    registry = Registry.open(Settings(models=tmp_path / "models", state_dir=tmp_path / "s"))
+    registry.startup()
+    assert registry.index() == [{"name": "bad", "state": "UNAVAILABLE",
+                                 "reason": registry.index()[0]["reason"]}]
+    assert registry.index()[0]["reason"].startswith("load failed: ")
+    with pytest.raises(LoadFailed):
+        registry.load("bad")
