@@ -152,3 +152,11 @@ def test_body_is_json_whatever_the_content_type(server, digits, mnist_model):
     r = server.post("/v2/models/mnist-svm/infer", data=orjson.dumps(v2_body(digits[:2])),
                     headers={"Content-Type": "text/plain"})
     assert output(r).ravel().tolist() == mnist_model.predict(digits[:2]).tolist()
+
+
+def test_body_over_the_limit_is_413(make_server):
+    with make_server(workers=2, env={"DEPOT_MAX_BODY_BYTES": "4K"}) as server:
+        r = server.post("/v2/models/mnist-svm/infer", data=b"[" + b"0," * 4000 + b"0]")
+        assert r.status_code == 413
+        assert "error" in r.json()
+        assert server.get("/v2/health/ready").status_code == 200
