@@ -29,10 +29,27 @@ def _registry(server):
     return server.app.wsgi().extensions["depot"]
 
 
+def on_starting(server):
+    """Depot's own log lines go where gunicorn's error log goes."""
+    import logging
+
+    depot = logging.getLogger("depot")
+    depot.handlers = list(server.log.error_log.handlers)
+    depot.setLevel(server.log.error_log.level)
+    depot.propagate = False
+
+
 def when_ready(server):
     """Register and load the repository once per deployment, before fork."""
     _registry(server).startup()
 
 
 def post_worker_init(worker):
-    _registry(worker).start_sync()
+    """Each worker keeps its copies in line with the shared state, and
+    stands for election as the deployment's one models-folder watcher."""
+    registry = _registry(worker)
+    registry.start_sync()
+    if registry.settings.watch:
+        from app import watcher
+
+        watcher.start_election(registry)

@@ -51,7 +51,8 @@ def ready() -> Response:
 @bp.get("/v2")
 def server_metadata() -> Response:
     return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
-                          "extensions": EXTENSIONS})
+                          "extensions": EXTENSIONS,
+                          "depot": {"watcher_pid": registry().watcher_pid()}})
 
 
 # -- models -------------------------------------------------------------------

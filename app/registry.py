@@ -31,6 +31,8 @@ from .store import LOADING, READY, UNAVAILABLE, Row, Store, key
 log = logging.getLogger("depot.registry")
 
 NEW_ON_DISK = "new on disk: call load"
+CHANGED_ON_DISK = "changed on disk: call load to apply"
+RELOAD_FAILED = "reload failed: "
 
 
 def _describe(e: BaseException) -> str:
@@ -63,8 +65,8 @@ class Registry:
             self._seen = (mark, rows)
         return rows
 
-    def row(self, name: str, version: str | None = None) -> Row:
-        row = self.rows().get(name)
+    def row(self, name: str, version: str | None = None, fresh: bool = False) -> Row:
+        row = self.store.get(name) if fresh else self.rows().get(name)
         if row is None:
             raise ModelNotFound(f"model {name!r} not found")
         if version is not None and version != row.version:
@@ -75,14 +77,24 @@ class Registry:
         """The model's row and this worker's runtime for it, brought in line
         with the shared generation; the one store read of an inference."""
         row = self.row(name, version)
-        if row.state != READY:
-            if name in self._cache:
-                self._drop(name)
-            raise ModelNotReady(f"model {name!r} is not ready ({row.state}: {row.reason})")
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] == row.generation:
-            return row, cached[1]
-        return row, self._catch_up(row)
+        for _ in range(3):
+            if row.state != READY:
+                if name in self._cache:
+                    self._drop(name)
+                raise ModelNotReady(f"model {name!r} is not ready ({row.state}: {row.reason})")
+            cached = self._cache.get(name)
+            if cached is not None and cached[0] == row.generation:
+                return row, cached[1]
+            try:
+                return row, self._catch_up(row)
+            except ModelNotReady:
+                # A load or unload may have replaced that generation's
+                # snapshot while we read it: if so, serve what holds now.
+                newer = self.row(name, version, fresh=True)
+                if newer.generation == row.generation:
+                    raise
+                row = newer
+        raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         entries = []
@@ -111,26 +123,81 @@ class Registry:
     def server_ready(self) -> bool:
         return self.store.get_meta("started") == "1"
 
+    def watcher_pid(self) -> int | None:
+        """The process that watches the models folder, if one does."""
+        pid = self.store.get_meta("watcher_pid")
+        return int(pid) if pid else None
+
     # -- control plane ------------------------------------------------------
 
     def startup(self) -> None:
         """Start a deployment from the disk: register every model found and,
         when configured, load it. Runs once, in the gunicorn master, so the
         loaded copies are shared with the workers it forks."""
+        if not self.settings.models.is_dir():
+            raise FileNotFoundError(f"DEPOT_MODELS: no such folder: {self.settings.models}")
         self.store.reset()
         shutil.rmtree(self._snapshots(), ignore_errors=True)
-        for spec in repository.scan(self.settings.models).values():
-            self.store.put(self._registered(spec))
-            if self.settings.load_at_startup:
+        self.reconcile()
+        if self.settings.load_at_startup:
+            for row in self.store.rows():
                 try:
-                    self.load(spec.name)
-                except LoadFailed as e:
+                    self.load(row.name)
+                except (LoadFailed, ModelNotFound) as e:
                     log.warning("%s", e.message)
         self.store.set_meta("started", "1")
 
+    def reconcile(self, busy: frozenset[str] = frozenset()) -> None:
+        """Bring the registry in line with the disk: register what is new
+        or changed, forget what is gone. Top-level entries named in ``busy``
+        are still being written and are left as they are."""
+        specs = repository.scan(self.settings.models, exclude=self.settings.state_dir)
+        for spec in specs.values():
+            if spec.source.name not in busy:
+                self.register(spec)
+        for row in self.store.rows():
+            if row.name not in specs and Path(row.source).name not in busy:
+                self.forget(row.name)
+
+    def register(self, spec: repository.ModelSpec) -> None:
+        """Record a model as the disk describes it. A READY model keeps
+        serving what it loaded; its reason says when the disk has moved on."""
+        with self.store.lock(spec.name):
+            row = self.store.get(spec.name)
+            mark = repository.fingerprint(spec)
+            if row is None:
+                self.store.put(self._registered(spec).replace(fingerprint=mark))
+                log.info("registered %s: %s", spec.name, self.store.get(spec.name).reason)
+            elif row.state == READY:
+                reason = "" if mark == row.fingerprint else CHANGED_ON_DISK
+                if reason and row.reason.startswith(RELOAD_FAILED):
+                    reason = row.reason  # says more: the change was tried and failed
+                if row.reason != reason:
+                    self.store.put(row.replace(reason=reason))
+                    log.info("%s: %s", spec.name, reason or "disk matches the loaded copy")
+            elif row.state == UNAVAILABLE and mark != row.fingerprint:
+                if spec.error:
+                    reason = f"cannot load: {spec.error}"
+                elif row.reason in (NEW_ON_DISK, "unloaded"):
+                    reason = row.reason
+                else:
+                    reason = CHANGED_ON_DISK
+                self.store.put(self._registered(spec, row).replace(
+                    reason=reason, fingerprint=mark, details=self._details(spec)))
+                log.info("%s changed on disk: %s", spec.name, reason)
+
+    def forget(self, name: str) -> None:
+        """A model gone from the disk leaves the index; every worker drops
+        its copy, and requests for it are 404 from then on."""
+        with self.store.lock(name):
+            row = self.store.get(name)
+            if row is not None:
+                self._forget(row)
+                log.info("removed %s: gone from the repository", name)
+
     def load(self, name: str) -> Row:
         with self.store.lock(name):
-            spec = repository.find(self.settings.models, name)
+            spec = repository.find(self.settings.models, name, self.settings.state_dir)
             row = self.store.get(name)
             if spec is None:
                 if row is not None:
@@ -151,7 +218,7 @@ class Registry:
         with self.store.lock(name):
             row = self.store.get(name)
             if row is None:
-                spec = repository.find(self.settings.models, name)
+                spec = repository.find(self.settings.models, name, self.settings.state_dir)
                 if spec is None:
                     raise ModelNotFound(f"model {name!r} not found")
                 row = self._registered(spec)
@@ -238,6 +305,7 @@ class Registry:
         if spec.error:
             raise LoadFailed(spec.error)
         assert spec.artifact is not None
+        mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
         generation = row.generation + 1
         snapshot = self._snapshot_dir(spec.name, generation)
         snapshot.mkdir(parents=True, exist_ok=True)
@@ -255,7 +323,8 @@ class Registry:
             declared["outputs"] = spec.outputs or found["outputs"]
             details = orjson.dumps(declared).decode()
         new = self._registered(spec, row).replace(
-            state=READY, reason="", generation=generation, snapshot=str(artifact), details=details)
+            state=READY, reason="", generation=generation, snapshot=str(artifact), details=details,
+            fingerprint=mark)
         self.store.put(new)
         self._swap(spec.name, generation, runtime)
         self._discard_snapshots(spec.name, keep=generation)
@@ -264,7 +333,7 @@ class Registry:
     def _publish_failure(self, spec: repository.ModelSpec, row: Row, message: str) -> None:
         current = self.store.get(spec.name) or row
         if current.state == READY:
-            reason = f"reload failed: {message}; serving the previous copy"
+            reason = f"{RELOAD_FAILED}{message}; serving the previous copy"
             self.store.put(current.replace(reason=reason))
         else:
             self.store.put(current.replace(state=UNAVAILABLE, reason=f"load failed: {message}"))
@@ -284,6 +353,7 @@ class Registry:
             snapshot=row.snapshot if row else None,
             source=str(spec.source),
             details=row.details if row and row.state == READY else self._details(spec),
+            fingerprint=row.fingerprint if row else "",
         )
 
     @staticmethod

@@ -50,19 +50,23 @@ def valid_name(name: Any) -> bool:
             and not any(c in name for c in "/\\\0"))
 
 
-def scan(root: Path) -> dict[str, ModelSpec]:
+def scan(root: Path, exclude: Path | None = None) -> dict[str, ModelSpec]:
+    """Every model under ``root``; ``exclude`` (Depot's own state folder,
+    should it live there) is never a model."""
     specs: dict[str, ModelSpec] = {}
     if not root.is_dir():
         return specs
     for entry in sorted(root.iterdir()):
+        if exclude is not None and entry == exclude:
+            continue
         spec = describe(entry)
         if spec is not None and spec.name not in specs:
             specs[spec.name] = spec
     return specs
 
 
-def find(root: Path, name: str) -> ModelSpec | None:
-    return scan(root).get(name)
+def find(root: Path, name: str, exclude: Path | None = None) -> ModelSpec | None:
+    return scan(root, exclude).get(name)
 
 
 def describe(entry: Path) -> ModelSpec | None:
@@ -77,6 +81,23 @@ def describe(entry: Path) -> ModelSpec | None:
     if entry.is_file() and runtimes.for_artifact(entry):
         return _from_artifact(entry.stem, entry, entry)
     return None
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Size and modification time of the files a model is made of: equal
+    fingerprints mean the disk holds what was registered or loaded."""
+    files = [spec.source / SETTINGS_FILE if spec.source.is_dir() else None, spec.artifact]
+    parts = []
+    for path in files:
+        try:
+            stat = path.stat() if path is not None else None
+        except OSError:
+            stat = None
+        if stat is not None:
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    if spec.error:
+        parts.append(spec.error)
+    return "|".join(parts)
 
 
 def _artifact_in(folder: Path) -> Path | None:

@@ -73,6 +73,8 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 64 << 20
     sync_interval: float = 0.05
+    watch: bool = True
+    rescan_interval: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -96,4 +98,6 @@ class Settings:
             api_key=env.get("DEPOT_API_KEY") or None,
             max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),
             sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
+            watch=read("DEPOT_WATCH", parse_bool, True),
+            rescan_interval=read("DEPOT_RESCAN_INTERVAL", parse_seconds, 5.0),
         )

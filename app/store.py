@@ -38,13 +38,14 @@ CREATE TABLE IF NOT EXISTS models (
     runtime TEXT,
     snapshot TEXT,
     source TEXT NOT NULL,
-    details TEXT NOT NULL
+    details TEXT NOT NULL,
+    fingerprint TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
 INSERT OR IGNORE INTO changes VALUES (0, 0);
 """
-COLUMNS = "name, state, reason, generation, version, runtime, snapshot, source, details"
+COLUMNS = "name, state, reason, generation, version, runtime, snapshot, source, details, fingerprint"
 
 
 def key(name: str) -> str:
@@ -59,7 +60,8 @@ class Row:
     ``snapshot`` is the private copy of the artifact that every worker loads,
     so all of them serve the same bytes whatever happens on disk later.
     ``details`` is JSON (parameters, declared inputs/outputs), parsed only
-    off the hot path."""
+    off the hot path. ``fingerprint`` identifies the files on disk the row
+    was made from (for a READY model: the files it was loaded from)."""
 
     name: str
     state: str
@@ -70,6 +72,7 @@ class Row:
     snapshot: str | None
     source: str
     details: str = "{}"
+    fingerprint: str = ""
 
     def replace(self, **changes: object) -> "Row":
         return dataclasses.replace(self, **changes)
@@ -118,7 +121,7 @@ class Store:
 
     def put(self, row: Row) -> None:
         self._write(
-            f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             dataclasses.astuple(row))
 
     def delete(self, name: str) -> None:

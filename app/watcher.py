@@ -1,0 +1,110 @@
+"""The models-folder watcher: files that land become registered models.
+
+Exactly one watcher runs per deployment. Every worker starts a thread that
+waits for an exclusive lock on a file in the state folder; the one that gets
+it runs the watchdog observer. When that worker dies, however it dies, the
+kernel releases the lock and a waiting worker takes over at once, so there is
+never zero watchers for longer than a takeover, and never two.
+
+Events only say *which* top-level entry of the folder moved. An entry is
+reconciled once it has been quiet for :data:`QUIET` seconds, so a copy in
+progress is never registered half-written, and a periodic rescan repairs
+whatever the event stream missed.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .registry import Registry
+from .repository import ignored
+
+log = logging.getLogger("depot.watcher")
+
+#: seconds without events before an entry is taken as fully written
+QUIET = 0.5
+#: how often the watcher checks for quiet entries
+TICK = 0.1
+
+
+class Watcher(FileSystemEventHandler):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.root = registry.settings.models
+        self.state_dir = registry.settings.state_dir
+        self._pending: dict[str, float] = {}  # top-level entry -> last event time
+        self._lock = threading.Lock()
+
+    # -- events (watchdog's thread) ---------------------------------------
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            entry = self._entry(os.fsdecode(path)) if path else None
+            if entry is not None:
+                with self._lock:
+                    self._pending[entry] = time.monotonic()
+
+    def _entry(self, path: str) -> str | None:
+        """The top-level entry an event is about, unless it is to be ignored."""
+        target = Path(path)
+        if target == self.state_dir or self.state_dir in target.parents:
+            return None
+        try:
+            parts = target.relative_to(self.root).parts
+        except ValueError:
+            return None
+        if not parts or ignored(parts[0]) or ignored(parts[-1]):
+            return None
+        return parts[0]
+
+    # -- reconciling (the watcher's own thread) ----------------------------
+
+    def busy(self) -> tuple[frozenset[str], bool]:
+        """Entries with an event in the last QUIET seconds, and whether any
+        entry has just become quiet (then it is due a reconcile)."""
+        now = time.monotonic()
+        with self._lock:
+            quiet = [e for e, t in self._pending.items() if now - t >= QUIET]
+            for entry in quiet:
+                del self._pending[entry]
+            return frozenset(self._pending), bool(quiet)
+
+    def run(self) -> None:
+        observer = Observer()
+        observer.schedule(self, str(self.root), recursive=True)
+        observer.start()
+        log.info("watching %s (pid %d)", self.root, os.getpid())
+        next_scan = 0.0
+        while True:
+            busy, settled = self.busy()
+            if settled or time.monotonic() >= next_scan:
+                try:
+                    self.registry.reconcile(busy)
+                except Exception:  # a bad moment on disk must not end the watcher
+                    log.exception("reconcile failed")
+                if not settled:
+                    next_scan = time.monotonic() + self.registry.settings.rescan_interval
+            time.sleep(TICK)
+
+
+def start_election(registry: Registry) -> None:
+    """Start this worker's candidate thread: it becomes the deployment's
+    watcher once it holds the lock, and holds it until the process ends."""
+    def candidate() -> None:
+        folder = registry.settings.state_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / "watcher.lock", "w")  # kept open: the lock lives with it
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        registry.store.set_meta("watcher_pid", str(os.getpid()))
+        Watcher(registry).run()
+
+    threading.Thread(target=candidate, name="depot-watcher", daemon=True).start()
