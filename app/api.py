@@ -72,8 +72,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     row, runtime = registry().get_ready(name, version)
     req = codec.decode_request(request.get_data())
-    outputs = runtime.check_outputs(req.outputs)
-    results = runtime.predict(runtime.input_array(req.inputs), outputs)
+    results = runtime.infer(req.inputs, req.outputs)
     body = codec.encode_response(row.name, row.version, req.id, results)
     return Response(body, mimetype="application/json")
 

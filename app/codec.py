@@ -115,6 +115,15 @@ def _array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.nd
     return array.reshape(shape)
 
 
+def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = raw.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{what} must be an object")
+    return parameters
+
+
 def decode_input(raw: Any) -> Tensor:
     if not isinstance(raw, dict):
         raise BadRequest("each input must be a JSON object")
@@ -122,16 +131,14 @@ def decode_input(raw: Any) -> Tensor:
     if not isinstance(name, str) or not name:
         raise BadRequest("each input needs a non-empty string 'name'")
     datatype = raw.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise BadRequest(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
         )
     shape = _shape(name, raw.get("shape"))
     if "data" not in raw:
         raise BadRequest(f"input {name!r} has no 'data'")
-    parameters = raw.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"input {name!r}: 'parameters' must be an object")
+    parameters = _parameters(raw, f"input {name!r}: 'parameters'")
     return Tensor(name, _array(name, datatype, shape, raw["data"]), parameters)
 
 
@@ -144,14 +151,14 @@ def decode_request(body: bytes) -> InferenceRequest:
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise BadRequest(f"input names must be unique, got {names}")
-    outputs = raw.get("outputs") or []
+    outputs = raw.get("outputs")
+    if outputs is None:
+        outputs = []
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise BadRequest("'outputs' must be a list of objects with a string 'name'")
-    parameters = raw.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("request 'parameters' must be an object")
+    parameters = _parameters(raw, "request 'parameters'")
     request_id = raw.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")

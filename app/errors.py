@@ -11,7 +11,7 @@ import logging
 import uuid
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("depot")
@@ -85,7 +85,12 @@ def _http_error(e: HTTPException) -> Response:
     """Routing errors (404, 405, 413) keep werkzeug's status and headers
     (``Allow`` on 405) but get Depot's JSON body."""
     response = e.get_response()
-    response.set_data(orjson.dumps({"error": e.name if e.code in (404, 405) else e.description}))
+    if e.code == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"request body too large: the limit is {limit} bytes (DEPOT_MAX_BODY_BYTES)"
+    else:
+        message = e.name if e.code in (404, 405) else e.description
+    response.set_data(orjson.dumps({"error": message}))
     response.mimetype = "application/json"
     return response
 

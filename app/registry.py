@@ -33,6 +33,7 @@ log = logging.getLogger("depot.registry")
 NEW_ON_DISK = "new on disk: call load"
 CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
+LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 
 
 def _describe(e: BaseException) -> str:
@@ -175,6 +176,9 @@ class Registry:
                 if row.reason != reason:
                     self.store.put(row.replace(reason=reason))
                     log.info("%s: %s", spec.name, reason or "disk matches the loaded copy")
+            elif row.state == LOADING:  # we hold the lock, so its loader died
+                self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED))
+                log.warning("%s: %s", spec.name, LOAD_INTERRUPTED)
             elif row.state == UNAVAILABLE and mark != row.fingerprint:
                 if spec.error:
                     reason = f"cannot load: {spec.error}"
@@ -208,7 +212,7 @@ class Registry:
                 self.store.put(row)
             try:
                 new = self._load_spec(spec, row)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a pickle may call exit()
                 self._publish_failure(spec, row, _describe(e))
                 raise LoadFailed(f"load failed for model {name!r}: {_describe(e)}") from None
             log.info("loaded %s (generation %d)", name, new.generation)
@@ -270,7 +274,7 @@ class Registry:
                 return cached[1]
             try:
                 runtime = self._build(row.runtime, Path(row.snapshot or ""), row.details)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a pickle may call exit()
                 raise ModelNotReady(
                     f"model {row.name!r} could not be loaded on this worker: {_describe(e)}"
                 ) from None

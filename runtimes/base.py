@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from app.errors import BadRequest
+from app.errors import BadRequest, DepotError
 
 
 class Runtime:
@@ -42,6 +42,19 @@ class Runtime:
     def unload(self) -> None:
         """Release what the garbage collector cannot. Requests still running
         hold their own reference, so this must not break a predict in flight."""
+
+    def infer(self, tensors: list[Any], requested: list[str]) -> dict[str, np.ndarray]:
+        """Check the request against what this model takes, then predict.
+        Whatever the model raises about an input is the client's 400."""
+        outputs = self.check_outputs(requested)
+        x = self.input_array(tensors)
+        try:
+            return self.predict(x, outputs)
+        except DepotError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise BadRequest(f"the model rejected the input: {type(e).__name__}: {first}") from None
 
     @property
     def default_output(self) -> str:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.errors import BadRequest
-
 from .base import Runtime
 
 #: the estimator methods a client may ask for, by output name
@@ -35,7 +33,4 @@ class SKLearnRuntime(Runtime):
                                "predict_proba": ("FP64", [-1, len(classes)])}
 
     def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        try:
-            return {o: np.asarray(getattr(self._estimator, o)(x)) for o in outputs}
-        except ValueError as e:
-            raise BadRequest(f"the model rejected the input: {e}") from None
+        return {o: np.asarray(getattr(self._estimator, o)(x)) for o in outputs}

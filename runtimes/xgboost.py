@@ -5,8 +5,6 @@ import json
 
 import numpy as np
 
-from app.errors import BadRequest
-
 from .base import Runtime
 
 CLASSIFIER_OBJECTIVES = ("binary:", "multi:")
@@ -43,7 +41,4 @@ class XGBoostRuntime(Runtime):
             self.signatures = {"predict": ("FP32", [-1, 1])}
 
     def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        try:
-            return {o: np.asarray(getattr(self._model, o)(x)) for o in outputs}
-        except (ValueError, TypeError) as e:
-            raise BadRequest(f"the model rejected the input: {e}") from None
+        return {o: np.asarray(getattr(self._model, o)(x)) for o in outputs}

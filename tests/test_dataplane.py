@@ -99,45 +99,6 @@ def test_every_numeric_datatype(server, digits, mnist_model, datatype):
     assert got.ravel().tolist() == mnist_model.predict(x).tolist()
 
 
-@pytest.mark.parametrize("model, body, status, fragment", [
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 10], "datatype": "FP32",
-                               "data": [0] * 10}]}, 400, "expects shape [-1, 64], got [1, 10]"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                               "data": [0] * 63}]}, 400, "needs 64 values, got 63"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "BYTES",
-                               "data": ["hello"]}]}, 400, "not BYTES"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                               "data": ["a"] * 64}]}, 400, "does not fit FP32"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FLOAT",
-                               "data": [0] * 64}]}, 400, "unknown datatype"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "BF16",
-                               "data": [0] * 64}]}, 400, "unknown datatype"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, -64], "datatype": "FP32",
-                               "data": [0] * 64}]}, 400, "negative"),
-    ("mnist-svm", {"inputs": []}, 400, "non-empty 'inputs'"),
-    ("mnist-svm", {}, 400, "non-empty 'inputs'"),
-    ("mnist-svm", {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                               "data": [0] * 64}], "outputs": [{"name": "predict_proba"}]},
-     400, "this model answers predict"),
-    ("mushroom-xgboost", {"inputs": [{"name": "x", "shape": [1, 126], "datatype": "FP32",
-                                      "data": [0] * 126}], "outputs": [{"name": "nonsense"}]},
-     400, "predict, predict_proba"),
-    ("nope", {"inputs": []}, 404, "not found"),
-])
-def test_bad_requests(server, model, body, status, fragment):
-    r = server.infer(model, body)
-    assert r.status_code == status, r.text
-    assert r.headers["Content-Type"] == "application/json"
-    assert fragment in r.json()["error"]
-
-
-@pytest.mark.parametrize("data", [b"", b"{", b"[]", b"null", b"\xff\xfe"])
-def test_unparseable_bodies(server, data):
-    r = server.post("/v2/models/mnist-svm/infer", data=data)
-    assert r.status_code == 400
-    assert "error" in r.json()
-
-
 def test_wrong_method_and_unknown_path(server):
     r = server.get("/v2/models/mnist-svm/infer")
     assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
