@@ -135,8 +135,10 @@ class Store:
         self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def reset(self) -> None:
-        """Forget everything: a new deployment starts from the disk."""
-        self._write("DELETE FROM models", ())
+        """Forget everything: a new deployment starts from the disk, with the
+        tables of this version of Depot whatever an older one left behind."""
+        conn = self._connect()
+        conn.executescript("DROP TABLE IF EXISTS models; DROP TABLE IF EXISTS meta;" + SCHEMA)
         self._write("DELETE FROM meta", ())
 
     def _write(self, sql: str, params: tuple) -> None:

@@ -79,3 +79,15 @@ def test_failed_load_is_recorded(tmp_path):
     assert registry.index()[0]["reason"].startswith("load failed: ")
     with pytest.raises(LoadFailed):
         registry.load("bad")
+
+
+def test_startup_replaces_tables_an_older_depot_left(tmp_path):
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "registry.sqlite3") as db:
+        db.execute("CREATE TABLE models (name TEXT PRIMARY KEY, state TEXT)")
+    registry = Registry.open(Settings(models=MODELS, state_dir=state))
+    registry.startup()
+    assert {e["state"] for e in registry.index()} == {"READY"}
