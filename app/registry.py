@@ -1,9 +1,9 @@
-"""The registry: model name -> state, shared by every worker, plus this
+"""The registry: model versions -> state, shared by every worker, plus this
 worker's cache of loaded runtimes kept in line with it.
 
-The shared truth is a :class:`~app.store.Row` per model in the store. Each
-worker keeps ``{name: (generation, runtime)}``; every request reads its
-model's row once and, if the generation moved, catches up (loads the new
+The shared truth is a :class:`~app.store.Row` per model version in the store.
+Each worker keeps ``{(name, version): (generation, runtime)}``; every request
+checks its model's row and, if the generation moved, catches up (loads the new
 snapshot or drops the copy) before serving. A background thread does the same
 eagerly, so the first request after a load is not the one that pays for it.
 
@@ -25,6 +25,7 @@ import runtimes
 
 from . import repository
 from .errors import LoadFailed, ModelNotFound, ModelNotReady
+from .repository import ModelSpec, version_key
 from .settings import Settings
 from .store import LOADING, READY, UNAVAILABLE, Row, Store, key
 
@@ -35,18 +36,36 @@ CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 
+Key = tuple[str, str]  # (name, version); version "" when the model has none
+
 
 def _describe(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def _label(name: str, version: str) -> str:
+    return f"{name!r} version {version!r}" if version else repr(name)
+
+
+class Snapshot:
+    """What a worker knows of the store at one change mark: every row by
+    key, and each model's versions newest first."""
+
+    def __init__(self, mark: int, rows: list[Row]) -> None:
+        self.mark = mark
+        self.rows: dict[Key, Row] = {(r.name, r.version): r for r in rows}
+        self.versions: dict[str, list[Row]] = {}
+        for row in sorted(rows, key=lambda r: version_key(r.version), reverse=True):
+            self.versions.setdefault(row.name, []).append(row)
+
+
 class Registry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._cache: dict[str, tuple[int, runtimes.Runtime]] = {}
-        self._seen: tuple[int, dict[str, Row]] = (-1, {})
+        self._cache: dict[Key, tuple[int, runtimes.Runtime]] = {}
+        self._seen = Snapshot(-1, [])
         self._lock = threading.RLock()
         self._syncing = False
 
@@ -56,34 +75,39 @@ class Registry:
 
     # -- data plane ---------------------------------------------------------
 
-    def rows(self) -> dict[str, Row]:
-        """Every row as the store holds it now. The change mark is read
-        first: rows read after it are at least as new as the mark says."""
+    def snapshot(self) -> Snapshot:
+        """The store as it is now. The change mark is read first, so rows
+        read after it are at least as new as the mark says."""
         mark = self.store.change_mark()
-        seen_mark, rows = self._seen
-        if mark != seen_mark:
-            rows = {row.name: row for row in self.store.rows()}
-            self._seen = (mark, rows)
-        return rows
+        seen = self._seen
+        if mark != seen.mark:
+            seen = self._seen = Snapshot(mark, self.store.rows())
+        return seen
 
     def row(self, name: str, version: str | None = None, fresh: bool = False) -> Row:
-        row = self.store.get(name) if fresh else self.rows().get(name)
-        if row is None:
+        """One version's row; without a version, the newest READY one (else
+        the newest), as Triton's default version policy serves."""
+        snapshot = Snapshot(0, self.store.rows()) if fresh else self.snapshot()
+        rows = snapshot.versions.get(name)
+        if not rows:
             raise ModelNotFound(f"model {name!r} not found")
-        if version is not None and version != row.version:
+        if version is None:
+            return next((r for r in rows if r.state == READY), rows[0])
+        row = snapshot.rows.get((name, version))
+        if row is None:
             raise ModelNotFound(f"model {name!r} has no version {version!r}")
         return row
 
     def get_ready(self, name: str, version: str | None = None) -> tuple[Row, runtimes.Runtime]:
-        """The model's row and this worker's runtime for it, brought in line
-        with the shared generation; the one store read of an inference."""
+        """The row and this worker's runtime for a model version, brought in
+        line with the shared generation: the one state check of an inference."""
         row = self.row(name, version)
         for _ in range(3):
             if row.state != READY:
-                if name in self._cache:
-                    self._drop(name)
-                raise ModelNotReady(f"model {name!r} is not ready ({row.state}: {row.reason})")
-            cached = self._cache.get(name)
+                self._drop((row.name, row.version))
+                raise ModelNotReady(f"model {_label(name, row.version)} is not ready "
+                                    f"({row.state}: {row.reason})")
+            cached = self._cache.get((row.name, row.version))
             if cached is not None and cached[0] == row.generation:
                 return row, cached[1]
             try:
@@ -92,18 +116,19 @@ class Registry:
                 # A load or unload may have replaced that generation's
                 # snapshot while we read it: if so, serve what holds now.
                 newer = self.row(name, version, fresh=True)
-                if newer.generation == row.generation:
+                if (newer.version, newer.generation) == (row.version, row.generation):
                     raise
                 row = newer
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        rows = sorted(self.store.rows(), key=lambda r: (r.name, version_key(r.version)))
         entries = []
-        for row in self.store.rows():
+        for row in rows:
             if ready_only and row.state != READY:
                 continue
             entry: dict[str, Any] = {"name": row.name}
-            if row.version is not None:
+            if row.version:
                 entry["version"] = row.version
             entry["state"] = row.state
             entry["reason"] = row.reason
@@ -113,9 +138,10 @@ class Registry:
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         row = self.row(name, version)
         details = orjson.loads(row.details)
+        versions = [r.version for r in self.snapshot().versions[name] if r.version]
         return {
             "name": row.name,
-            "versions": [row.version] if row.version is not None else [],
+            "versions": sorted(versions, key=version_key),
             "platform": row.runtime or "",
             "inputs": details.get("inputs") or [],
             "outputs": details.get("outputs") or [],
@@ -141,9 +167,9 @@ class Registry:
         shutil.rmtree(self._snapshots(), ignore_errors=True)
         self.reconcile()
         if self.settings.load_at_startup:
-            for row in self.store.rows():
+            for name in sorted({row.name for row in self.store.rows()}):
                 try:
-                    self.load(row.name)
+                    self.load(name)
                 except (LoadFailed, ModelNotFound) as e:
                     log.warning("%s", e.message)
         self.store.set_meta("started", "1")
@@ -152,34 +178,37 @@ class Registry:
         """Bring the registry in line with the disk: register what is new
         or changed, forget what is gone. Top-level entries named in ``busy``
         are still being written and are left as they are."""
-        specs = repository.scan(self.settings.models, exclude=self.settings.state_dir)
-        for spec in specs.values():
+        specs = self._scan()
+        on_disk = {(s.name, s.version) for s in specs}
+        for spec in specs:
             if spec.source.name not in busy:
                 self.register(spec)
         for row in self.store.rows():
-            if row.name not in specs and Path(row.source).name not in busy:
-                self.forget(row.name)
+            if (row.name, row.version) not in on_disk and Path(row.source).name not in busy:
+                self.forget(row.name, row.version)
 
-    def register(self, spec: repository.ModelSpec) -> None:
-        """Record a model as the disk describes it. A READY model keeps
+    def register(self, spec: ModelSpec) -> None:
+        """Record a model version as the disk describes it. A READY one keeps
         serving what it loaded; its reason says when the disk has moved on."""
         with self.store.lock(spec.name):
-            row = self.store.get(spec.name)
+            row = self.store.get(spec.name, spec.version)
             mark = repository.fingerprint(spec)
+            label = _label(spec.name, spec.version)
             if row is None:
-                self.store.put(self._registered(spec).replace(fingerprint=mark))
-                log.info("registered %s: %s", spec.name, self.store.get(spec.name).reason)
+                new = self._registered(spec).replace(fingerprint=mark)
+                self.store.put(new)
+                log.info("registered %s: %s", label, new.reason)
             elif row.state == READY:
                 reason = "" if mark == row.fingerprint else CHANGED_ON_DISK
                 if reason and row.reason.startswith(RELOAD_FAILED):
                     reason = row.reason  # says more: the change was tried and failed
                 if row.reason != reason:
                     self.store.put(row.replace(reason=reason))
-                    log.info("%s: %s", spec.name, reason or "disk matches the loaded copy")
+                    log.info("%s: %s", label, reason or "disk matches the loaded copy")
             elif row.state == LOADING:  # we hold the lock, so its loader died
                 self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED))
-                log.warning("%s: %s", spec.name, LOAD_INTERRUPTED)
-            elif row.state == UNAVAILABLE and mark != row.fingerprint:
+                log.warning("%s: %s", label, LOAD_INTERRUPTED)
+            elif mark != row.fingerprint:
                 if spec.error:
                     reason = f"cannot load: {spec.error}"
                 elif row.reason in (NEW_ON_DISK, "unloaded"):
@@ -188,63 +217,64 @@ class Registry:
                     reason = CHANGED_ON_DISK
                 self.store.put(self._registered(spec, row).replace(
                     reason=reason, fingerprint=mark, details=self._details(spec)))
-                log.info("%s changed on disk: %s", spec.name, reason)
+                log.info("%s changed on disk: %s", label, reason)
 
-    def forget(self, name: str) -> None:
-        """A model gone from the disk leaves the index; every worker drops
-        its copy, and requests for it are 404 from then on."""
+    def forget(self, name: str, version: str) -> None:
+        """A model version gone from the disk leaves the index; every worker
+        drops its copy, and requests for it are 404 from then on."""
         with self.store.lock(name):
-            row = self.store.get(name)
-            if row is not None:
-                self._forget(row)
-                log.info("removed %s: gone from the repository", name)
+            if self.store.get(name, version) is not None:
+                self._forget(name, version)
+                log.info("removed %s: gone from the repository", _label(name, version))
 
-    def load(self, name: str) -> Row:
+    def load(self, name: str) -> list[Row]:
+        """Load (or reload) every version of a model from the disk. All are
+        tried; if any fails, the call fails with every reason."""
         with self.store.lock(name):
-            spec = repository.find(self.settings.models, name, self.settings.state_dir)
-            row = self.store.get(name)
-            if spec is None:
-                if row is not None:
-                    self._forget(row)
+            specs = self._find(name)
+            on_disk = {spec.version for spec in specs}
+            for row in self._rows_of(name):
+                if row.version not in on_disk:
+                    self._forget(row.name, row.version)
+            if not specs:
                 raise ModelNotFound(f"model {name!r} is not in the repository")
-            if row is None or row.state != READY:
-                row = self._registered(spec, row).replace(state=LOADING, reason="loading")
-                self.store.put(row)
-            try:
-                new = self._load_spec(spec, row)
-            except (Exception, SystemExit) as e:  # a pickle may call exit()
-                self._publish_failure(spec, row, _describe(e))
-                raise LoadFailed(f"load failed for model {name!r}: {_describe(e)}") from None
-            log.info("loaded %s (generation %d)", name, new.generation)
-            return new
+            loaded, failures = [], []
+            for spec in specs:
+                try:
+                    loaded.append(self._load_version(spec))
+                except LoadFailed as e:
+                    failures.append(e.message)
+            if failures:
+                raise LoadFailed("; ".join(failures))
+            return loaded
 
-    def unload(self, name: str) -> Row:
+    def unload(self, name: str) -> list[Row]:
         with self.store.lock(name):
-            row = self.store.get(name)
-            if row is None:
-                spec = repository.find(self.settings.models, name, self.settings.state_dir)
-                if spec is None:
-                    raise ModelNotFound(f"model {name!r} not found")
-                row = self._registered(spec)
-            new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None,
-                              generation=row.generation + 1)
-            self.store.put(new)
-            self._drop(name)
-            self._discard_snapshots(name, keep=None)
+            rows = self._rows_of(name) or [self._registered(s) for s in self._find(name)]
+            if not rows:
+                raise ModelNotFound(f"model {name!r} not found")
+            unloaded = []
+            for row in rows:
+                new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None,
+                                  generation=row.generation + 1)
+                self.store.put(new)
+                self._drop((row.name, row.version))
+                self._discard_snapshots(row.name, row.version, keep=None)
+                unloaded.append(new)
             log.info("unloaded %s", name)
-            return new
+            return unloaded
 
     # -- worker cache -------------------------------------------------------
 
     def sync(self) -> None:
         """Bring this worker's cache in line with every row at once."""
-        rows = self.rows()
-        for name in list(self._cache):
-            row = rows.get(name)
+        rows = self.snapshot().rows
+        for cached in list(self._cache):
+            row = rows.get(cached)
             if row is None or row.state != READY:
-                self._drop(name)
+                self._drop(cached)
         for row in rows.values():
-            cached = self._cache.get(row.name)
+            cached = self._cache.get((row.name, row.version))
             if row.state == READY and (cached is None or cached[0] != row.generation):
                 try:
                     self._catch_up(row)
@@ -269,32 +299,88 @@ class Registry:
 
     def _catch_up(self, row: Row) -> runtimes.Runtime:
         with self._lock:
-            cached = self._cache.get(row.name)
+            cached = self._cache.get((row.name, row.version))
             if cached is not None and cached[0] == row.generation:
                 return cached[1]
             try:
                 runtime = self._build(row.runtime, Path(row.snapshot or ""), row.details)
             except (Exception, SystemExit) as e:  # a pickle may call exit()
-                raise ModelNotReady(
-                    f"model {row.name!r} could not be loaded on this worker: {_describe(e)}"
-                ) from None
-            self._swap(row.name, row.generation, runtime)
+                raise ModelNotReady(f"model {_label(row.name, row.version)} could not be "
+                                    f"loaded on this worker: {_describe(e)}") from None
+            self._swap((row.name, row.version), row.generation, runtime)
             return runtime
 
-    def _swap(self, name: str, generation: int, runtime: runtimes.Runtime) -> None:
+    def _swap(self, key_: Key, generation: int, runtime: runtimes.Runtime) -> None:
         with self._lock:
-            old = self._cache.get(name)
-            self._cache[name] = (generation, runtime)
+            old = self._cache.get(key_)
+            self._cache[key_] = (generation, runtime)
         if old is not None and old[1] is not runtime:
             old[1].unload()
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, key_: Key) -> None:
+        if key_ not in self._cache:
+            return
         with self._lock:
-            old = self._cache.pop(name, None)
+            old = self._cache.pop(key_, None)
         if old is not None:
             old[1].unload()
 
-    # -- helpers ------------------------------------------------------------
+    # -- loading ------------------------------------------------------------
+
+    def _load_version(self, spec: ModelSpec) -> Row:
+        """Copy one version's artifact to a snapshot, load and verify it
+        here, then publish it. Called with the model's lock held."""
+        row = self.store.get(spec.name, spec.version)
+        if row is None or row.state != READY:
+            row = self._registered(spec, row).replace(state=LOADING, reason="loading")
+            self.store.put(row)
+        try:
+            new = self._publish(spec, row)
+        except (Exception, SystemExit) as e:  # a pickle may call exit()
+            message = _describe(e)
+            self._publish_failure(spec, row, message)
+            raise LoadFailed(f"load failed for model {_label(spec.name, spec.version)}: "
+                             f"{message}") from None
+        log.info("loaded %s (generation %d)", _label(spec.name, spec.version), new.generation)
+        return new
+
+    def _publish(self, spec: ModelSpec, row: Row) -> Row:
+        if spec.error:
+            raise LoadFailed(spec.error)
+        assert spec.artifact is not None
+        mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
+        generation = row.generation + 1
+        folder = self._snapshot_dir(spec.name, spec.version, generation)
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact = Path(shutil.copy2(spec.artifact, folder / spec.artifact.name))
+        details = self._details(spec)
+        try:
+            runtime = self._build(spec.runtime, artifact, details)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not spec.inputs or not spec.outputs:
+            declared = orjson.loads(details)
+            found = runtime.metadata()
+            declared["inputs"] = spec.inputs or found["inputs"]
+            declared["outputs"] = spec.outputs or found["outputs"]
+            details = orjson.dumps(declared).decode()
+        new = self._registered(spec, row).replace(
+            state=READY, reason="", generation=generation, snapshot=str(artifact),
+            details=details, fingerprint=mark)
+        self.store.put(new)
+        self._swap((spec.name, spec.version), generation, runtime)
+        self._discard_snapshots(spec.name, spec.version, keep=generation)
+        return new
+
+    def _publish_failure(self, spec: ModelSpec, row: Row, message: str) -> None:
+        current = self.store.get(spec.name, spec.version) or row
+        if current.state == READY:
+            reason = f"{RELOAD_FAILED}{message}; serving the previous copy"
+            self.store.put(current.replace(reason=reason))
+        else:
+            self.store.put(current.replace(state=UNAVAILABLE, reason=f"load failed: {message}"))
+        log.warning("load of %s failed: %s", _label(spec.name, spec.version), message)
 
     def _build(self, runtime_name: str | None, artifact: Path, details: str) -> runtimes.Runtime:
         cls = runtimes.by_name(runtime_name or "")
@@ -304,55 +390,27 @@ class Registry:
         runtime.load()
         return runtime
 
-    def _load_spec(self, spec: repository.ModelSpec, row: Row) -> Row:
-        """Copy the artifact to a snapshot, load it here, then publish it."""
-        if spec.error:
-            raise LoadFailed(spec.error)
-        assert spec.artifact is not None
-        mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
-        generation = row.generation + 1
-        snapshot = self._snapshot_dir(spec.name, generation)
-        snapshot.mkdir(parents=True, exist_ok=True)
-        artifact = Path(shutil.copy2(spec.artifact, snapshot / spec.artifact.name))
-        details = self._details(spec)
-        try:
-            runtime = self._build(spec.runtime, artifact, details)
-        except BaseException:
-            shutil.rmtree(snapshot, ignore_errors=True)
-            raise
-        if not spec.inputs or not spec.outputs:
-            declared = orjson.loads(details)
-            found = runtime.metadata()
-            declared["inputs"] = spec.inputs or found["inputs"]
-            declared["outputs"] = spec.outputs or found["outputs"]
-            details = orjson.dumps(declared).decode()
-        new = self._registered(spec, row).replace(
-            state=READY, reason="", generation=generation, snapshot=str(artifact), details=details,
-            fingerprint=mark)
-        self.store.put(new)
-        self._swap(spec.name, generation, runtime)
-        self._discard_snapshots(spec.name, keep=generation)
-        return new
+    # -- helpers ------------------------------------------------------------
 
-    def _publish_failure(self, spec: repository.ModelSpec, row: Row, message: str) -> None:
-        current = self.store.get(spec.name) or row
-        if current.state == READY:
-            reason = f"{RELOAD_FAILED}{message}; serving the previous copy"
-            self.store.put(current.replace(reason=reason))
-        else:
-            self.store.put(current.replace(state=UNAVAILABLE, reason=f"load failed: {message}"))
-        log.warning("load of %s failed: %s", spec.name, message)
+    def _scan(self) -> list[ModelSpec]:
+        return repository.scan(self.settings.models, exclude=self.settings.state_dir)
 
-    def _registered(self, spec: repository.ModelSpec, row: Row | None = None) -> Row:
-        """The row for a model as the disk now describes it, keeping the
-        shared state (state, generation, snapshot) of ``row`` if given."""
+    def _find(self, name: str) -> list[ModelSpec]:
+        return repository.find(self.settings.models, name, self.settings.state_dir)
+
+    def _rows_of(self, name: str) -> list[Row]:
+        return [row for row in self.store.rows() if row.name == name]
+
+    def _registered(self, spec: ModelSpec, row: Row | None = None) -> Row:
+        """The row for a model version as the disk now describes it, keeping
+        the shared state (state, generation, snapshot) of ``row`` if given."""
         reason = f"load failed: {spec.error}" if spec.error else NEW_ON_DISK
         return Row(
             name=spec.name,
+            version=spec.version,
             state=row.state if row else UNAVAILABLE,
             reason=row.reason if row else reason,
             generation=row.generation if row else 0,
-            version=spec.version,
             runtime=spec.runtime,
             snapshot=row.snapshot if row else None,
             source=str(spec.source),
@@ -361,23 +419,23 @@ class Registry:
         )
 
     @staticmethod
-    def _details(spec: repository.ModelSpec) -> str:
+    def _details(spec: ModelSpec) -> str:
         return orjson.dumps({"parameters": spec.parameters, "inputs": spec.inputs,
                              "outputs": spec.outputs}).decode()
 
-    def _forget(self, row: Row) -> None:
-        self.store.delete(row.name)
-        self._drop(row.name)
-        self._discard_snapshots(row.name, keep=None)
+    def _forget(self, name: str, version: str) -> None:
+        self.store.delete(name, version)
+        self._drop((name, version))
+        self._discard_snapshots(name, version, keep=None)
 
     def _snapshots(self) -> Path:
         return self.settings.state_dir / "snapshots"
 
-    def _snapshot_dir(self, name: str, generation: int) -> Path:
-        return self._snapshots() / key(name) / str(generation)
+    def _snapshot_dir(self, name: str, version: str, generation: int) -> Path:
+        return self._snapshots() / key(f"{name}\0{version}") / str(generation)
 
-    def _discard_snapshots(self, name: str, keep: int | None) -> None:
-        folder = self._snapshots() / key(name)
+    def _discard_snapshots(self, name: str, version: str, keep: int | None) -> None:
+        folder = self._snapshots() / key(f"{name}\0{version}")
         if not folder.is_dir():
             return
         for child in folder.iterdir():

@@ -12,7 +12,8 @@ URL can never lead to a file outside the folder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,15 @@ IGNORED_NAMES = {"4913"}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model as the repository describes it. ``error`` is set when the
-    model is on disk but cannot be used as found (bad settings, no artifact)."""
+    """One version of a model as the repository describes it (``version``
+    is "" when it has none). ``error`` is set when the model is on disk but
+    cannot be used as found (bad settings, no artifact)."""
 
     name: str
     source: Path
     artifact: Path | None = None
     runtime: str | None = None
-    version: str | None = None
+    version: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     inputs: list[dict[str, Any]] | None = None
     outputs: list[dict[str, Any]] | None = None
@@ -50,37 +52,64 @@ def valid_name(name: Any) -> bool:
             and not any(c in name for c in "/\\\0"))
 
 
-def scan(root: Path, exclude: Path | None = None) -> dict[str, ModelSpec]:
-    """Every model under ``root``; ``exclude`` (Depot's own state folder,
-    should it live there) is never a model."""
-    specs: dict[str, ModelSpec] = {}
+def scan(root: Path, exclude: Path | None = None) -> list[ModelSpec]:
+    """Every model version under ``root``, at most one per (name, version);
+    ``exclude`` (Depot's own state folder, should it live there) is never a
+    model."""
+    specs: dict[tuple[str, str], ModelSpec] = {}
     if not root.is_dir():
-        return specs
+        return []
     for entry in sorted(root.iterdir()):
         if exclude is not None and entry == exclude:
             continue
-        spec = describe(entry)
-        if spec is not None and spec.name not in specs:
-            specs[spec.name] = spec
-    return specs
+        for spec in describe(entry):
+            specs.setdefault((spec.name, spec.version), spec)
+    return list(specs.values())
 
 
-def find(root: Path, name: str, exclude: Path | None = None) -> ModelSpec | None:
-    return scan(root, exclude).get(name)
+def find(root: Path, name: str, exclude: Path | None = None) -> list[ModelSpec]:
+    """Every version of one model on disk (none: it is not in the repository)."""
+    return [spec for spec in scan(root, exclude) if spec.name == name]
 
 
-def describe(entry: Path) -> ModelSpec | None:
-    """The model that a top-level entry of the repository holds, if any."""
+def version_key(version: str) -> tuple:
+    """Orders versions as people read them: "2" < "10", "v0.9" < "v0.10"."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
+                 for p in re.split(r"(\d+)", version) if p)
+
+
+def describe(entry: Path) -> list[ModelSpec]:
+    """The model versions that a top-level entry of the repository holds.
+
+    Triton's layout, numbered sub-folders (``iris/1/model.joblib``), gives a
+    version per folder; ``model-settings.json`` beside them applies to all."""
     if ignored(entry.name):
-        return None
-    if entry.is_dir():
-        if (entry / SETTINGS_FILE).is_file():
-            return _from_settings(entry)
-        artifact = _artifact_in(entry)
-        return _from_artifact(entry.name, entry, artifact) if artifact else None
-    if entry.is_file() and runtimes.for_artifact(entry):
-        return _from_artifact(entry.stem, entry, entry)
-    return None
+        return []
+    if entry.is_file():
+        return [_from_artifact(entry.stem, entry, entry)] if runtimes.for_artifact(entry) else []
+    if not entry.is_dir():
+        return []
+    numbered = sorted(d for d in entry.iterdir() if d.is_dir() and d.name.isdigit())
+    has_settings = (entry / SETTINGS_FILE).is_file()
+    if numbered and not _artifact_in(entry):
+        base = _from_settings(entry, versioned=True) if has_settings else \
+            ModelSpec(name=entry.name, source=entry)
+        if base.error:
+            return [base]
+        return [_version(base, folder) for folder in numbered]
+    if has_settings:
+        return [_from_settings(entry)]
+    artifact = _artifact_in(entry)
+    return [_from_artifact(entry.name, entry, artifact)] if artifact else []
+
+
+def _version(base: ModelSpec, folder: Path) -> ModelSpec:
+    artifact = _artifact_in(folder)
+    if artifact is None:
+        return replace(base, version=folder.name,
+                       error=f"no model artifact in version folder {folder.name}")
+    runtime = base.runtime or getattr(runtimes.for_artifact(artifact), "name", None)
+    return replace(base, version=folder.name, artifact=artifact, runtime=runtime)
 
 
 def fingerprint(spec: ModelSpec) -> str:
@@ -106,7 +135,8 @@ def _artifact_in(folder: Path) -> Path | None:
             return folder / name
     candidates = sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not ignored(p.name) and runtimes.for_artifact(p)
+        if p.is_file() and not ignored(p.name) and p.name != SETTINGS_FILE
+        and runtimes.for_artifact(p)
     )
     return candidates[0] if len(candidates) == 1 else None
 
@@ -117,7 +147,9 @@ def _from_artifact(name: str, source: Path, artifact: Path) -> ModelSpec:
                      runtime=runtime.name if runtime else None)
 
 
-def _from_settings(folder: Path) -> ModelSpec:
+def _from_settings(folder: Path, versioned: bool = False) -> ModelSpec:
+    """A model from MLServer's ``model-settings.json``. ``versioned``: the
+    artifacts live in numbered sub-folders, so no uri is resolved here."""
     path = folder / SETTINGS_FILE
     try:
         settings = json.loads(path.read_text())
@@ -130,21 +162,28 @@ def _from_settings(folder: Path) -> ModelSpec:
         name = folder.name
     parameters = settings.get("parameters") or {}
     if not isinstance(parameters, dict):
-        return ModelSpec(name=name, source=folder, error=f"{SETTINGS_FILE}: 'parameters' must be an object")
+        return ModelSpec(name=name, source=folder,
+                         error=f"{SETTINGS_FILE}: 'parameters' must be an object")
     version = parameters.get("version")
-    base = dict(name=name, source=folder, parameters=parameters,
-                version=str(version) if version is not None else None,
-                inputs=settings.get("inputs") or None, outputs=settings.get("outputs") or None)
+    implementation = settings.get("implementation")
+    runtime = runtimes.for_implementation(implementation) if implementation else None
+    base = ModelSpec(name=name, source=folder, parameters=parameters,
+                     version=str(version) if version is not None else "",
+                     runtime=runtime.name if runtime else None,
+                     inputs=settings.get("inputs") or None,
+                     outputs=settings.get("outputs") or None)
+    if implementation and runtime is None:
+        return replace(base, error=f"no runtime for implementation {implementation!r}")
+    if versioned:
+        return base
     artifact = _resolve_uri(folder, parameters.get("uri"))
     if artifact is None:
-        return ModelSpec(**base, error=f"no model artifact found for uri {parameters.get('uri')!r}")
-    implementation = settings.get("implementation")
-    runtime = (runtimes.for_implementation(implementation) if implementation
-               else runtimes.for_artifact(artifact))
+        return replace(base, error=f"no model artifact found for uri {parameters.get('uri')!r}")
     if runtime is None:
-        return ModelSpec(**base, artifact=artifact,
-                         error=f"no runtime for implementation {implementation!r}")
-    return ModelSpec(**base, artifact=artifact, runtime=runtime.name)
+        runtime = runtimes.for_artifact(artifact)
+    if runtime is None:
+        return replace(base, artifact=artifact, error=f"no runtime for {artifact.name}")
+    return replace(base, artifact=artifact, runtime=runtime.name)
 
 
 def _resolve_uri(folder: Path, uri: Any) -> Path | None:

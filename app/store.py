@@ -30,22 +30,23 @@ UNLOADING = "UNLOADING"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
-    name TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
     state TEXT NOT NULL,
     reason TEXT NOT NULL,
     generation INTEGER NOT NULL,
-    version TEXT,
     runtime TEXT,
     snapshot TEXT,
     source TEXT NOT NULL,
     details TEXT NOT NULL,
-    fingerprint TEXT NOT NULL
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
 INSERT OR IGNORE INTO changes VALUES (0, 0);
 """
-COLUMNS = "name, state, reason, generation, version, runtime, snapshot, source, details, fingerprint"
+COLUMNS = "name, version, state, reason, generation, runtime, snapshot, source, details, fingerprint"
 
 
 def key(name: str) -> str:
@@ -55,7 +56,7 @@ def key(name: str) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """A model's shared state. ``generation`` grows on every load and unload;
+    """The shared state of one version of a model. ``generation`` grows on every load and unload;
     a worker whose copy has another generation must catch up before serving.
     ``snapshot`` is the private copy of the artifact that every worker loads,
     so all of them serve the same bytes whatever happens on disk later.
@@ -64,10 +65,10 @@ class Row:
     was made from (for a READY model: the files it was loaded from)."""
 
     name: str
+    version: str  # "" when the model has none
     state: str
     reason: str
     generation: int
-    version: str | None
     runtime: str | None
     snapshot: str | None
     source: str
@@ -110,22 +111,23 @@ class Store:
         self._connect()
         return int.from_bytes(self._local.mark[:8], "little")
 
-    def get(self, name: str) -> Row | None:
+    def get(self, name: str, version: str) -> Row | None:
         found = self._connect().execute(
-            f"SELECT {COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()
+            f"SELECT {COLUMNS} FROM models WHERE name = ? AND version = ?",
+            (name, version)).fetchone()
         return Row(*found) if found else None
 
     def rows(self) -> list[Row]:
         return [Row(*r) for r in self._connect().execute(
-            f"SELECT {COLUMNS} FROM models ORDER BY name")]
+            f"SELECT {COLUMNS} FROM models ORDER BY name, version")]
 
     def put(self, row: Row) -> None:
         self._write(
             f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             dataclasses.astuple(row))
 
-    def delete(self, name: str) -> None:
-        self._write("DELETE FROM models WHERE name = ?", (name,))
+    def delete(self, name: str, version: str) -> None:
+        self._write("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
 
     def get_meta(self, key: str) -> str | None:
         found = self._connect().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -63,10 +63,10 @@ def test_versions_and_unknown_names(workers):
 def test_sync_drops_and_loads_eagerly(workers):
     a, b = workers
     b.sync()
-    assert set(b._cache) == {"mnist-svm", "mushroom-xgboost"}
+    assert set(b._cache) == {("mnist-svm", "v0.1.0"), ("mushroom-xgboost", "v0.1.0")}
     a.unload("mnist-svm")
     b.sync()
-    assert set(b._cache) == {"mushroom-xgboost"}
+    assert set(b._cache) == {("mushroom-xgboost", "v0.1.0")}
 
 
 def test_failed_load_is_recorded(tmp_path):
