@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from . import codec
+from . import codec, compression, content
 from .errors import BadRequest, NotReady, Unauthorized, json_response
 from .registry import Registry
 
@@ -18,7 +18,8 @@ bp = Blueprint("v2", __name__)
 
 SERVER_NAME = "depot"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)"]
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "binary_tensor_data",
+              "classification"]
 
 
 def registry() -> Registry:
@@ -71,10 +72,34 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @model_route("/infer", methods=["POST"])
 def infer(name: str, version: str | None = None) -> Response:
     row, runtime = registry().get_ready(name, version)
-    req = codec.decode_request(request.get_data())
-    results = runtime.infer(req.inputs, req.outputs)
-    body = codec.encode_response(row.name, row.version, req.id, results)
-    return Response(body, mimetype="application/json")
+    body = compression.decompress(request.get_data(), request.headers.get("Content-Encoding"),
+                                  current_app.config["MAX_CONTENT_LENGTH"])
+    req = codec.decode_request(body, header_length())
+    results = runtime.infer(content.model_input(req, runtime.content_type), req.outputs)
+    binary = frozenset(o.name for o in req.outputs if o.binary) if req.outputs else \
+        frozenset(results) if req.binary_output else frozenset()
+    payload, json_length = codec.encode_response(row.name, row.version, req.id, results, binary)
+    response = Response(payload, mimetype="application/json")
+    if json_length is not None:
+        response.mimetype = "application/octet-stream"
+        response.headers["Inference-Header-Content-Length"] = str(json_length)
+    coding = compression.accepted(request.headers.get("Accept-Encoding"))
+    if coding and len(payload) >= compression.MIN_SIZE:
+        response.set_data(compression.compress(payload, coding))
+        response.headers["Content-Encoding"] = coding
+    return response
+
+
+def header_length() -> int | None:
+    """The binary tensor extension's Inference-Header-Content-Length, if sent."""
+    value = request.headers.get("Inference-Header-Content-Length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {value!r}") \
+            from None
 
 
 # -- repository extension -------------------------------------------------------

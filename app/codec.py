@@ -46,11 +46,19 @@ class Tensor:
 
 
 @dataclass
+class RequestedOutput:
+    name: str
+    binary: bool = False
+    classification: int = 0  # top-K classes asked for; 0 = the plain tensor
+
+
+@dataclass
 class InferenceRequest:
     id: str
     inputs: list[Tensor]
-    outputs: list[str]
+    outputs: list[RequestedOutput]
     parameters: dict[str, Any]
+    binary_output: bool = False  # for outputs the request does not list
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
@@ -115,6 +123,36 @@ def _array(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.nd
     return array.reshape(shape)
 
 
+def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    """A tensor of the binary extension: little-endian, row-major; BOOL one
+    byte each; BYTES a uint32 length before each element."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise BadRequest(f"input {name!r}: BYTES element {len(items)} has a cut length")
+            size = int.from_bytes(raw[offset:offset + 4], "little")
+            offset += 4
+            if offset + size > len(raw):
+                raise BadRequest(f"input {name!r}: BYTES element {len(items)} runs past its data")
+            items.append(bytes(raw[offset:offset + size]))
+            offset += size
+        if len(items) != count:
+            raise BadRequest(f"input {name!r}: shape {list(shape)} needs {count} values, "
+                             f"got {len(items)}")
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = DTYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise BadRequest(f"input {name!r}: shape {list(shape)} of {datatype} needs "
+                         f"{count * dtype.itemsize} bytes, got {len(raw)}")
+    if datatype == "BOOL":
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
 def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
     parameters = raw.get("parameters")
     if parameters is None:
@@ -124,7 +162,40 @@ def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
     return parameters
 
 
-def decode_input(raw: Any) -> Tensor:
+def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+    value = parameters.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{what}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+class _Binary:
+    """The binary part of a request, handed out to inputs in order."""
+
+    def __init__(self, data: memoryview | None) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, name: str, size: Any) -> memoryview:
+        if self.data is None:
+            raise BadRequest(f"input {name!r} has 'binary_data_size' but the request has no "
+                             "Inference-Header-Content-Length header")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"input {name!r}: 'binary_data_size' must be a non-negative integer")
+        if self.offset + size > len(self.data):
+            raise BadRequest(f"input {name!r}: its {size} bytes of binary data run past the end "
+                             f"of the body ({len(self.data) - self.offset} left)")
+        chunk = self.data[self.offset:self.offset + size]
+        self.offset += size
+        return chunk
+
+    def check_used(self) -> None:
+        if self.data is not None and self.offset != len(self.data):
+            raise BadRequest(f"the body has {len(self.data) - self.offset} bytes of binary "
+                             "data that no input's 'binary_data_size' accounts for")
+
+
+def decode_input(raw: Any, binary: _Binary) -> Tensor:
     if not isinstance(raw, dict):
         raise BadRequest("each input must be a JSON object")
     name = raw.get("name")
@@ -136,69 +207,132 @@ def decode_input(raw: Any) -> Tensor:
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
         )
     shape = _shape(name, raw.get("shape"))
+    parameters = _parameters(raw, f"input {name!r}: 'parameters'")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if "data" in raw:
+            raise BadRequest(f"input {name!r} has both 'data' and 'binary_data_size'")
+        return Tensor(name, _from_binary(name, datatype, shape, binary.take(name, size)),
+                      parameters)
     if "data" not in raw:
         raise BadRequest(f"input {name!r} has no 'data'")
-    parameters = _parameters(raw, f"input {name!r}: 'parameters'")
     return Tensor(name, _array(name, datatype, shape, raw["data"]), parameters)
 
 
-def decode_request(body: bytes) -> InferenceRequest:
+def _requested_output(raw: Any, binary_default: bool) -> RequestedOutput:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest("'outputs' must be a list of objects with a string 'name'")
+    name = raw["name"]
+    parameters = _parameters(raw, f"output {name!r}: 'parameters'")
+    binary = _flag(parameters, "binary_data", f"output {name!r}")
+    classes = parameters.get("classification", 0)
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+        raise BadRequest(f"output {name!r}: 'classification' must be a non-negative integer")
+    return RequestedOutput(name, binary_default if binary is None else binary, classes)
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    """A V2 request; with ``header_length`` (the Inference-Header-Content-Length
+    header) the JSON is followed by the binary tensor data."""
+    binary = _Binary(None)
+    if header_length is not None:
+        if header_length <= 0:
+            raise BadRequest("Inference-Header-Content-Length must give the JSON header's "
+                             "length; raw binary requests are not supported")
+        if header_length > len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {header_length} exceeds the body "
+                             f"({len(body)} bytes)")
+        binary = _Binary(memoryview(body)[header_length:])
+        body = body[:header_length]
     raw = parse_object(body)
     inputs = raw.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")
-    tensors = [decode_input(i) for i in inputs]
+    tensors = [decode_input(i, binary) for i in inputs]
+    binary.check_used()
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise BadRequest(f"input names must be unique, got {names}")
+    parameters = _parameters(raw, "request 'parameters'")
+    binary_output = bool(_flag(parameters, "binary_data_output", "request"))
     outputs = raw.get("outputs")
     if outputs is None:
         outputs = []
-    if not isinstance(outputs, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
-    ):
+    if not isinstance(outputs, list):
         raise BadRequest("'outputs' must be a list of objects with a string 'name'")
-    parameters = _parameters(raw, "request 'parameters'")
     request_id = raw.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
     return InferenceRequest(
         id=request_id or str(uuid.uuid4()),
         inputs=tensors,
-        outputs=[o["name"] for o in outputs],
+        outputs=[_requested_output(o, binary_output) for o in outputs],
         parameters=parameters,
+        binary_output=binary_output,
     )
 
 
-def encode_output(name: str, array: np.ndarray) -> dict[str, Any]:
-    """1-D results go out as ``[N, 1]``, as MLServer does, so clients that
-    index ``[row][0]`` work unchanged."""
+def classify(scores: np.ndarray, k: int, labels: Any = None) -> np.ndarray:
+    """Triton's classification extension: per row, the top ``k`` scores as
+    ``"<score>:<index>[:<label>]"``, highest first."""
+    scores = scores.reshape(len(scores), -1) if scores.ndim != 2 else scores
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.empty(top.shape, dtype=object)
+    for r, row in enumerate(top):
+        for c, i in enumerate(row):
+            text = f"{float(scores[r, i]):f}:{i}"
+            out[r, c] = f"{text}:{labels[i]}" if labels is not None else text
+    return out
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()]
+        return b"".join(len(v).to_bytes(4, "little") + v for v in items)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def encode_output(name: str, array: np.ndarray, binary: bool = False
+                  ) -> tuple[dict[str, Any], bytes | None]:
+    """One output tensor, as JSON data or as binary data to append. 1-D
+    results go out as ``[N, 1]``, as MLServer does, so clients that index
+    ``[row][0]`` work unchanged."""
     if array.ndim == 1:
         array = array.reshape(-1, 1)
-    datatype = DATATYPES.get(array.dtype)
-    if datatype is None:  # strings, objects: class labels of str type
-        data: Any = [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel()]
-        datatype = "BYTES"
+    datatype = DATATYPES.get(array.dtype, "BYTES")
+    out: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype,
+                           "parameters": {"content_type": "np"}}
+    if binary:
+        raw = _raw(array, datatype)
+        out["parameters"]["binary_data_size"] = len(raw)
+        return out, raw
+    if datatype == "BYTES":
+        out["data"] = [v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                       for v in array.ravel()]
     elif datatype == "FP16":
-        data = array.astype(np.float32).ravel()
+        out["data"] = array.astype(np.float32).ravel()
     else:
-        data = np.ascontiguousarray(array).ravel()
-    return {
-        "name": name,
-        "shape": list(array.shape),
-        "datatype": datatype,
-        "parameters": {"content_type": "np"},
-        "data": data,
-    }
+        out["data"] = np.ascontiguousarray(array).ravel()
+    return out, None
 
 
-def encode_response(
-    model_name: str, model_version: str | None, request_id: str, outputs: dict[str, np.ndarray]
-) -> bytes:
+def encode_response(model_name: str, model_version: str | None, request_id: str,
+                    outputs: dict[str, np.ndarray], binary: frozenset[str] = frozenset()
+                    ) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary output
+    data follows it (for the Inference-Header-Content-Length header)."""
     body: dict[str, Any] = {"model_name": model_name}
     if model_version:
         body["model_version"] = model_version
     body["id"] = request_id
     body["parameters"] = {}
-    body["outputs"] = [encode_output(name, array) for name, array in outputs.items()]
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    encoded = [encode_output(name, array, name in binary) for name, array in outputs.items()]
+    body["outputs"] = [out for out, _ in encoded]
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    tail = [raw for _, raw in encoded if raw is not None]
+    if not tail:
+        return header, None
+    return header + b"".join(tail), len(header)

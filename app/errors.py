@@ -63,6 +63,12 @@ class PayloadTooLarge(DepotError):
     status = 413
 
 
+class UnsupportedMediaType(DepotError):
+    """A body in a content coding Depot cannot read."""
+
+    status = 415
+
+
 class NotReady(DepotError):
     """The server has not finished starting up."""
 

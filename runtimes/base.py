@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from app.codec import RequestedOutput, classify
 from app.errors import BadRequest, DepotError
 
 
@@ -32,29 +33,51 @@ class Runtime:
         self.n_features: int | None = None
         #: output name -> (V2 datatype, shape) for model metadata
         self.signatures: dict[str, tuple[str, list[int]]] = {}
+        #: class labels by index, for the classification extension
+        self.labels: list[Any] | None = None
 
     def load(self) -> None:
         raise NotImplementedError
 
-    def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    def predict(self, x: Any, outputs: list[str]) -> dict[str, np.ndarray]:
+        """``x`` is what the request's content type made: a numpy array, a
+        pandas DataFrame or an array of strings."""
         raise NotImplementedError
 
     def unload(self) -> None:
         """Release what the garbage collector cannot. Requests still running
         hold their own reference, so this must not break a predict in flight."""
 
-    def infer(self, tensors: list[Any], requested: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, x: Any, requested: list[RequestedOutput]) -> dict[str, np.ndarray]:
         """Check the request against what this model takes, then predict.
         Whatever the model raises about an input is the client's 400."""
-        outputs = self.check_outputs(requested)
-        x = self.input_array(tensors)
+        self.check_outputs([o.name for o in requested])
+        if isinstance(x, np.ndarray):
+            x = self.input_array(x)
+        wanted = [self.scores_for(o) for o in requested] or [self.default_output]
         try:
-            return self.predict(x, outputs)
+            raw = self.predict(x, list(dict.fromkeys(wanted)))
         except DepotError:
             raise
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise BadRequest(f"the model rejected the input: {type(e).__name__}: {first}") from None
+        if not requested:
+            return raw
+        return {o.name: classify(raw[w], o.classification, self.labels) if o.classification
+                else raw[w] for o, w in zip(requested, wanted)}
+
+    def scores_for(self, output: RequestedOutput) -> str:
+        """The method whose values answer ``output``: classification of
+        ``predict`` ranks the class probabilities, when there are any."""
+        if output.classification and output.name == "predict" and "predict_proba" in self.outputs:
+            return "predict_proba"
+        return output.name
+
+    @property
+    def content_type(self) -> str | None:
+        """The model's default request content type (model-settings.json)."""
+        return self.parameters.get("content_type")
 
     @property
     def default_output(self) -> str:
@@ -62,32 +85,32 @@ class Runtime:
         wanted = extra.get("predict_fn") if isinstance(extra, dict) else None
         return wanted if wanted in self.outputs else self.outputs[0]
 
-    def input_array(self, tensors: list[Any]) -> np.ndarray:
-        """The one 2-D numeric array this model takes, or a 400 that says why not."""
-        if len(tensors) != 1:
-            raise BadRequest(f"this model takes exactly one input tensor, got {len(tensors)}")
-        tensor = tensors[0]
-        x = tensor.array
+    def input_array(self, x: np.ndarray) -> np.ndarray:
+        """The 2-D array this model takes, or a 400 that says why not."""
+        if self.n_features is None:
+            return x  # the artifact does not say (text pipelines, say): the model decides
         if x.dtype == object:
-            raise BadRequest(f"input {tensor.name!r}: the model takes numbers, not BYTES")
-        if x.ndim == 1 and self.n_features is not None and x.shape[0] == self.n_features:
+            raise BadRequest("the model takes numbers, not BYTES")
+        if x.ndim == 1 and x.shape[0] == self.n_features:
             x = x.reshape(1, -1)
-        expected = [-1, self.n_features if self.n_features is not None else -1]
-        if x.ndim != 2 or (self.n_features is not None and x.shape[1] != self.n_features):
-            raise BadRequest(
-                f"input {tensor.name!r}: the model expects shape {expected}, got {list(x.shape)}"
-            )
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise BadRequest(f"the model expects shape [-1, {self.n_features}], "
+                             f"got {list(x.shape)}")
         return x
 
-    def check_outputs(self, requested: list[str]) -> list[str]:
-        if not requested:
-            return [self.default_output]
+    def check_outputs(self, requested: list[str]) -> None:
         unknown = [o for o in requested if o not in self.outputs]
         if unknown:
             raise BadRequest(
                 f"unknown output {unknown[0]!r}: this model answers {', '.join(self.outputs)}"
             )
-        return requested
+
+    @staticmethod
+    def class_labels(classes: Any) -> list[Any] | None:
+        """Labels worth showing: none when the classes are just 0..K-1."""
+        if classes is None or np.array_equal(classes, np.arange(len(classes))):
+            return None
+        return [c.item() if hasattr(c, "item") else c for c in classes]
 
     def metadata(self) -> dict[str, list[dict[str, Any]]]:
         """Inputs and outputs as the artifact declares them (-1 = any size)."""

@@ -1,6 +1,8 @@
 """scikit-learn estimators and pipelines saved with joblib or pickle."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .base import Runtime
@@ -25,6 +27,7 @@ class SKLearnRuntime(Runtime):
             raise TypeError(f"{type(self._estimator).__name__} has no predict()")
         self.n_features = getattr(self._estimator, "n_features_in_", None)
         classes = getattr(self._estimator, "classes_", None)
+        self.labels = self.class_labels(classes)
         if classes is None:
             self.signatures = {"predict": ("FP64", [-1, 1])}
         else:
@@ -32,5 +35,5 @@ class SKLearnRuntime(Runtime):
             self.signatures = {"predict": (kind, [-1, 1]),
                                "predict_proba": ("FP64", [-1, len(classes)])}
 
-    def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    def predict(self, x: Any, outputs: list[str]) -> dict[str, np.ndarray]:
         return {o: np.asarray(getattr(self._estimator, o)(x)) for o in outputs}

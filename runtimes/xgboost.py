@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class XGBoostRuntime(Runtime):
         self._model = model
         self.n_features = booster.num_features()
         if is_classifier:
+            self.labels = self.class_labels(getattr(model, "classes_", None))
             self.outputs = ["predict", "predict_proba"]
             self.signatures = {"predict": ("INT64", [-1, 1]),
                                "predict_proba": ("FP32", [-1, int(model.n_classes_)])}
@@ -40,5 +42,5 @@ class XGBoostRuntime(Runtime):
             self.outputs = ["predict"]
             self.signatures = {"predict": ("FP32", [-1, 1])}
 
-    def predict(self, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    def predict(self, x: Any, outputs: list[str]) -> dict[str, np.ndarray]:
         return {o: np.asarray(getattr(self._model, o)(x)) for o in outputs}

@@ -58,12 +58,14 @@ def test_duplicate_input_names():
 
 
 def test_encode_response_shapes_and_types():
-    body = orjson.loads(codec.encode_response("m", None, "id-1", {
+    payload, json_length = codec.encode_response("m", None, "id-1", {
         "predict": np.array([1, 2, 3]),
         "predict_proba": np.array([[0.25, 0.75]], np.float32),
         "labels": np.array(["a", "b"]),
         "half": np.array([np.nan], np.float16),
-    }))
+    })
+    assert json_length is None
+    body = orjson.loads(payload)
     assert "model_version" not in body and body["id"] == "id-1"
     predict, proba, labels, half = body["outputs"]
     assert predict == {"name": "predict", "shape": [3, 1], "datatype": "INT64",
