@@ -56,9 +56,11 @@ def decode(tensor: Tensor) -> np.ndarray:
     import pandas as pd
 
     try:
-        return pd.to_datetime(_strings(tensor).ravel()).to_numpy().reshape(tensor.array.shape)
+        stamps = pd.to_datetime(_strings(tensor).ravel(), format="ISO8601")
+        return stamps.to_numpy(dtype="datetime64[ns]").reshape(tensor.array.shape)
     except (ValueError, TypeError) as e:
-        raise BadRequest(f"input {tensor.name!r}: not ISO-8601 datetimes: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadRequest(f"input {tensor.name!r}: not ISO-8601 datetimes: {first}") from None
 
 
 def _strings(tensor: Tensor) -> np.ndarray:
