@@ -5,10 +5,21 @@ GUNICORN_CMD_ARGS (``--bind``, ``--workers``, ...). Depot's own settings are
 DEPOT_* variables, read by app/settings.py.
 """
 import os
+import shutil
+
+from app.settings import Settings
 
 # One BLAS/OpenMP thread per worker: gunicorn already runs a process per core.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+# Inference metrics are counted per process in prometheus-client's multiprocess
+# files; a new deployment starts them from zero. This must happen before the
+# app (and prometheus_client) is imported.
+_metrics = Settings.from_env().state_dir / "metrics"
+shutil.rmtree(_metrics, ignore_errors=True)
+_metrics.mkdir(parents=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
 
 wsgi_app = "app.wsgi:app"
 bind = ["127.0.0.1:8080"]
@@ -53,3 +64,10 @@ def post_worker_init(worker):
         from app import watcher
 
         watcher.start_election(registry)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges go with it; its counters stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

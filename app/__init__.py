@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Flask
 
 from . import api, errors
+from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
 
@@ -16,6 +17,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["DEPOT_API_KEY"] = settings.api_key
     app.extensions["depot"] = Registry.open(settings)
+    app.extensions["depot.metrics"] = Metrics(settings.metrics_dir)
     app.register_blueprint(api.bp)
     errors.init_app(app)
     return app

@@ -12,18 +12,24 @@ from flask import Blueprint, Response, current_app, request
 
 from . import codec, compression, content
 from .errors import BadRequest, NotReady, Unauthorized, json_response
+from .metrics import Metrics
 from .registry import Registry
+from .store import Row
 
 bp = Blueprint("v2", __name__)
 
 SERVER_NAME = "depot"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "binary_tensor_data",
-              "classification"]
+              "classification", "statistics"]
 
 
 def registry() -> Registry:
     return current_app.extensions["depot"]
+
+
+def metrics() -> Metrics:
+    return current_app.extensions["depot.metrics"]
 
 
 def model_route(rule: str, **options: Any):
@@ -72,10 +78,24 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @model_route("/infer", methods=["POST"])
 def infer(name: str, version: str | None = None) -> Response:
     row, runtime = registry().get_ready(name, version)
-    body = compression.decompress(request.get_data(), request.headers.get("Content-Encoding"),
-                                  current_app.config["MAX_CONTENT_LENGTH"])
-    req = codec.decode_request(body, header_length())
-    results = runtime.infer(content.model_input(req, runtime.content_type), req.outputs)
+    with metrics().track(row.name, row.version) as track:
+        body = compression.decompress(request.get_data(),
+                                      request.headers.get("Content-Encoding"),
+                                      current_app.config["MAX_CONTENT_LENGTH"])
+        req = codec.decode_request(body, header_length())
+        x = content.model_input(req, runtime.content_type)
+        track.rows = len(x) if getattr(x, "ndim", 1) else 1
+        track.phase_done()
+        results = runtime.infer(x, req.outputs)
+        track.phase_done()
+        response = infer_response(row, req, results)
+        track.phase_done()
+    return response
+
+
+def infer_response(row: Row, req: codec.InferenceRequest,
+                   results: dict[str, Any]) -> Response:
+    """JSON, or JSON and binary tensors, compressed if the client asks."""
     binary = frozenset(o.name for o in req.outputs if o.binary) if req.outputs else \
         frozenset(results) if req.binary_output else frozenset()
     payload, json_length = codec.encode_response(row.name, row.version, req.id, results, binary)
@@ -100,6 +120,20 @@ def header_length() -> int | None:
     except ValueError:
         raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {value!r}") \
             from None
+
+
+# -- statistics and metrics ----------------------------------------------------
+
+@bp.get("/v2/models/stats")
+@model_route("/stats")
+def statistics(name: str | None = None, version: str | None = None) -> Response:
+    """Triton's statistics extension, summed over every worker."""
+    return json_response({"model_stats": metrics().statistics(registry().stats_keys(name, version))})
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    return Response(metrics().exposition(), mimetype="text/plain; version=0.0.4")
 
 
 # -- repository extension -------------------------------------------------------

@@ -147,6 +147,20 @@ class Registry:
             "outputs": details.get("outputs") or [],
         }
 
+    def stats_keys(self, name: str | None, version: str | None) -> list[Key]:
+        """The (name, version) pairs a statistics request covers: every
+        version of every model, of one model, or one version (404 if unknown)."""
+        snapshot = self.snapshot()
+        if name is None:
+            return sorted(snapshot.rows)
+        if version is not None:
+            self.row(name, version)
+            return [(name, version)]
+        rows = snapshot.versions.get(name)
+        if not rows:
+            raise ModelNotFound(f"model {name!r} not found")
+        return sorted((r.name, r.version) for r in rows)
+
     def server_ready(self) -> bool:
         return self.store.get_meta("started") == "1"
 

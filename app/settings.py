@@ -75,6 +75,8 @@ class Settings:
     sync_interval: float = 0.05
     watch: bool = True
     rescan_interval: float = 5.0
+    #: prometheus-client's multiprocess folder; gunicorn.conf.py sets it
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -100,4 +102,5 @@ class Settings:
             sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
             watch=read("DEPOT_WATCH", parse_bool, True),
             rescan_interval=read("DEPOT_RESCAN_INTERVAL", parse_seconds, 5.0),
+            metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),
         )

@@ -38,6 +38,16 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0
     return seen
 
 
+def spread(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:
+    """Make ``times`` calls from ``threads`` threads at once. Sequential
+    requests tend to land on one gunicorn worker (the kernel wakes the same
+    one); concurrent ones keep several busy, so every worker takes some."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: call(), range(times)))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

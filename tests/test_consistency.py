@@ -9,7 +9,7 @@ from collections import Counter
 
 import requests
 
-from conftest import output, v2_body, wait_until
+from conftest import output, spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
 
@@ -26,11 +26,11 @@ def test_unload_then_load_holds_on_every_worker(server, mushrooms, mushroom_mode
     expected = mushroom_model.predict(mushrooms[:4]).tolist()
     assert server.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
     try:
-        codes = Counter(_fresh(server, body).status_code for _ in range(200))
+        codes = Counter(r.status_code for r in spread(lambda: _fresh(server, body), 200))
         assert codes == {400: 200}
     finally:
         assert server.post(f"/v2/repository/models/{XGB}/load").status_code == 200
-    replies = [_fresh(server, body) for _ in range(200)]
+    replies = spread(lambda: _fresh(server, body), 200)
     assert Counter(r.status_code for r in replies) == {200: 200}
     assert all(output(r).ravel().tolist() == expected for r in replies)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from conftest import output, v2_body
+from conftest import output, spread, v2_body
 
 
 def test_corrupt_model_at_startup_and_on_load(make_server, digits, mnist_model, tmp_path):
@@ -38,9 +38,9 @@ def test_failed_reload_keeps_the_previous_copy(make_server, mushrooms, mushroom_
         assert entry["reason"].startswith("reload failed:")
         assert entry["reason"].endswith("serving the previous copy")
         expected = mushroom_model.predict(mushrooms).tolist()
-        for _ in range(40):  # fresh connections: every worker serves the old copy
-            got = output(server.infer("mushroom-xgboost", v2_body(mushrooms)))
-            assert got.ravel().tolist() == expected
+        # concurrent requests reach every worker: each serves the old copy
+        for reply in spread(lambda: server.infer("mushroom-xgboost", v2_body(mushrooms)), 40):
+            assert output(reply).ravel().tolist() == expected
 
 
 def test_load_of_a_model_missing_from_disk(make_server, digits):

@@ -15,7 +15,7 @@ import pytest
 import requests
 import xgboost as xgb
 
-from conftest import MODELS, output, run_server, v2_body, wait_until
+from conftest import MODELS, output, run_server, spread, v2_body, wait_until
 
 SVM = MODELS / "mnist-svm" / "model.joblib"
 XGB = MODELS / "mushroom-xgboost" / "model.json"
@@ -41,9 +41,9 @@ def fresh_infer(server, name, body):
                          headers={"Connection": "close"})
 
 
-def serves_everywhere(server, name, x, expected, times=20):
-    for _ in range(times):
-        assert output(fresh_infer(server, name, v2_body(x))).ravel().tolist() == expected
+def serves_everywhere(server, name, x, expected, times=24):
+    for reply in spread(lambda: fresh_infer(server, name, v2_body(x)), times):
+        assert output(reply).ravel().tolist() == expected
 
 
 def inotify_pids(server) -> set[int]:
@@ -104,8 +104,8 @@ def test_removed_model_leaves_the_index_and_is_404_everywhere(server, digits):
     assert fresh_infer(server, "doomed", v2_body(digits[:1])).status_code == 200
     (server.models / "doomed.joblib").unlink()
     wait_until(lambda: entry(server, "doomed") is None, timeout=2)
-    codes = Counter(fresh_infer(server, "doomed", v2_body(digits[:1])).status_code
-                    for _ in range(40))
+    codes = Counter(r.status_code for r in
+                    spread(lambda: fresh_infer(server, "doomed", v2_body(digits[:1])), 40))
     assert codes == {404: 40}
 
 
@@ -154,8 +154,8 @@ def test_changed_artifact_keeps_serving_until_load(server, mushrooms, mushroom_m
     try:
         time.sleep(0.2)  # let requests be in flight when the load comes
         assert server.post("/v2/repository/models/swap/load").status_code == 200
-        after = [output(fresh_infer(server, "swap", body), "predict_proba")[:, 1]
-                 for _ in range(20)]
+        after = [output(r, "predict_proba")[:, 1]
+                 for r in spread(lambda: fresh_infer(server, "swap", body), 24)]
     finally:
         stop.set()
         for t in threads:
