@@ -23,8 +23,8 @@ class SKLearnRuntime(Runtime):
         # hasattr is False for methods an estimator only has in some
         # configurations (SVC without probability=True has no predict_proba)
         self.outputs = [m for m in METHODS if hasattr(self._estimator, m)]
-        if "predict" not in self.outputs:
-            raise TypeError(f"{type(self._estimator).__name__} has no predict()")
+        if not self.outputs:
+            raise TypeError(f"{type(self._estimator).__name__} has none of {', '.join(METHODS)}")
         self.n_features = getattr(self._estimator, "n_features_in_", None)
         classes = getattr(self._estimator, "classes_", None)
         self.labels = self.class_labels(classes)

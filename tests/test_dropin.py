@@ -15,11 +15,15 @@ import pandas as pd
 import pytest
 import tritonclient.http as httpclient
 from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LinearRegression
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from tritonclient.utils import InferenceServerException
+
+from sklearn.datasets import load_digits
 
 from conftest import MODELS, output, run_server, v2_body
 
@@ -45,9 +49,16 @@ def extra_models(tmp_path_factory):
     joblib.dump(frame, src / "people" / "model.joblib")
     (src / "people" / "model-settings.json").write_text(json.dumps(
         {"name": "people", "implementation": "mlserver_sklearn.SKLearnModel",
+         "inputs": [{"name": "age", "datatype": "FP64", "shape": [-1, 1]},
+                    {"name": "colour", "datatype": "BYTES", "shape": [-1]}],
          "parameters": {"uri": "./model.joblib", "content_type": "pd",
                         "extra": {"predict_fn": "predict_proba"}}}))
-    return src, {"text": text, "people": frame}
+    digits = load_digits().data
+    pca = PCA(n_components=3).fit(digits)
+    joblib.dump(pca, src / "pca.joblib")
+    regressor = LinearRegression().fit(digits, digits.sum(axis=1))
+    joblib.dump(regressor, src / "regressor.pkl")
+    return src, {"text": text, "people": frame, "pca": pca, "regressor": regressor}
 
 
 @pytest.fixture(scope="module")
@@ -277,11 +288,31 @@ def test_datetime_content_type_reaches_the_model(make_server, tmp_path):
 
 # -- outputs and classification ------------------------------------------------------------
 
-def test_transform_output(server, extra_models):
+def test_unknown_output_lists_the_allowed_ones(server):
     r = server.infer("people", _people_body(outputs=[{"name": "predict"},
                                                      {"name": "predict_log_proba"}]))
     assert r.status_code == 400
     assert "predict, predict_proba" in r.json()["error"]
+
+
+def test_transform_output(server, extra_models, digits):
+    r = server.infer("pca", v2_body(digits[:5]))  # a transformer: transform is its default
+    np.testing.assert_allclose(output(r, "transform"), extra_models[1]["pca"].transform(digits[:5]),
+                               rtol=1e-5)
+
+
+def test_predict_proba_on_a_regressor_is_400(server, extra_models, digits):
+    r = server.infer("regressor", v2_body(digits[:2], outputs=[{"name": "predict_proba"}]))
+    assert r.status_code == 400 and "this model answers predict" in r.json()["error"]
+    got = output(server.infer("regressor", v2_body(digits[:2])))
+    np.testing.assert_allclose(got.ravel(), extra_models[1]["regressor"].predict(digits[:2]),
+                               rtol=1e-5)
+
+
+def test_declared_metadata_is_served(server):
+    meta = server.get("/v2/models/people").json()
+    assert [i["name"] for i in meta["inputs"]] == ["age", "colour"]
+    assert meta["outputs"][0]["name"] == "predict"
 
 
 def test_classification_top_k(server, client, digits, mushrooms, mushroom_model, extra_models):
