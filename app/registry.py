@@ -205,6 +205,8 @@ class Registry:
         """Record a model version as the disk describes it. A READY one keeps
         serving what it loaded; its reason says when the disk has moved on."""
         with self.store.lock(spec.name):
+            if not spec.source.exists():  # removed since the scan: forget() will follow
+                return
             row = self.store.get(spec.name, spec.version)
             mark = repository.fingerprint(spec)
             label = _label(spec.name, spec.version)
@@ -237,7 +239,8 @@ class Registry:
         """A model version gone from the disk leaves the index; every worker
         drops its copy, and requests for it are 404 from then on."""
         with self.store.lock(name):
-            if self.store.get(name, version) is not None:
+            back = any(spec.version == version for spec in self._find(name))
+            if not back and self.store.get(name, version) is not None:
                 self._forget(name, version)
                 log.info("removed %s: gone from the repository", _label(name, version))
 
