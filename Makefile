@@ -28,3 +28,6 @@ test: install-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+bench: install-test
+	$(BIN)/python bench/bench.py

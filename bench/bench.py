@@ -1,0 +1,374 @@
+"""Depot's benchmark: Depot, MLServer and the floors side by side, in one sitting.
+
+usage: python bench/bench.py [--duration S] [--warmup S] [--home DIR] [--skip-mlserver]
+
+Every server runs pinned to CPU 0 and wrk to CPU 1, one server at a time, on
+the bundled models with generated request bodies (1 and 64 rows). For each
+case it prints rps, p50 and p99, and the ratios that matter: Depot against
+MLServer (its defaults, and ``parallel_workers=0``, its fastest) and against
+the composite floor 1 / (1/transport-floor rps + in-process time). It also
+measures each server's memory (PSS of the whole process tree) and cold start
+(process start to ``/v2/health/ready`` = 200), the cost of the shared-state
+check, and how soon a load or unload holds on every worker.
+
+Throwaway installs (MLServer's venv, request bodies, logs) go to --home, outside
+the git tree; wrk comes from Debian's packages.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+GUNICORN = [PYTHON, "-m", "gunicorn"]
+MODELS = {"mnist-svm": 64, "mushroom-xgboost": 126}
+CASES = [(m, rows, conc) for m in MODELS for rows in (1, 64) for conc in (1, 16)]
+MLSERVER_PINS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "mlserver-xgboost==1.7.1",
+                 "uvloop<0.22", "scikit-learn==1.9.1", "xgboost==3.2.0", "numpy==2.4.6"]
+SERVER_CPU, LOAD_CPU = "0", "1"
+PORT = 8080
+
+
+@dataclass
+class Server:
+    label: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+    results: dict = field(default_factory=dict)
+    cold_start: float | None = None
+    pss_mb: float | None = None
+
+
+# -- set-up ----------------------------------------------------------------------------
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    print("# installing wrk from Debian's packages", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False,
+                   stdout=subprocess.DEVNULL)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def ensure_mlserver(home: Path) -> Path:
+    venv = home / "mlserver-venv"
+    marker = venv / ".installed"
+    if not marker.exists():
+        print("# installing MLServer 1.7.1 into", venv, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["--upgrade", "pip"], check=True)
+        subprocess.run(pip + MLSERVER_PINS, check=True)
+        marker.touch()
+    return venv / "bin" / "mlserver"
+
+
+def make_samples(folder: Path) -> None:
+    """Request bodies: digits rows for mnist-svm, sparse 0/1 rows for the mushrooms."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits().data.astype(np.float32)
+    rng = np.random.default_rng(0)
+    mushrooms = (rng.random((64, 126)) < 0.17).astype(np.float32)
+    for name, data in (("mnist-svm", digits), ("mushroom-xgboost", mushrooms)):
+        for rows in (1, 64):
+            x = data[:rows]
+            body = {"inputs": [{"name": "input-0", "shape": list(x.shape), "datatype": "FP32",
+                                "data": x.ravel().tolist()}]}
+            (folder / f"{name}-{rows}.json").write_text(json.dumps(body))
+
+
+# -- processes -----------------------------------------------------------------------------
+
+def port_free() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", PORT)) != 0
+
+
+def ready() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(server: Server, log: Path) -> subprocess.Popen:
+    deadline = time.monotonic() + 30
+    while not port_free():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {PORT} is still taken")
+        time.sleep(0.1)
+    env = {**os.environ, **server.env}
+    began = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *server.command], cwd=server.cwd,
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = began + 120
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"{server.label} did not start; see {log}")
+        time.sleep(0.02)
+    server.cold_start = time.monotonic() - began
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def tree(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()] or [pid]
+
+
+def pss_mb(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def wrk(url: str, body: Path, conc: int, seconds: float) -> dict:
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t", "1", "-c", str(conc), "-d", f"{max(1, round(seconds))}s",
+         "--latency", "-s", str(BENCH / "post.lua"), url, "--", str(body)],
+        capture_output=True, text=True).stdout
+    found = re.search(r"BENCH (.*)", out)
+    if not found:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "bad": -1}
+    fields = dict(kv.split("=") for kv in found.group(1).split())
+    return {"rps": int(fields["requests"]) / float(fields["seconds"]),
+            "p50": float(fields["p50"]), "p99": float(fields["p99"]),
+            "bad": int(fields["non200"]) + int(fields["errors"])}
+
+
+def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace) -> None:
+    print(f"# {server.label}", flush=True)
+    proc = start(server, home / f"{server.label.replace(' ', '_')}.log")
+    try:
+        peak = pss_mb(proc.pid)
+        for model, rows, conc in CASES:
+            url = f"http://127.0.0.1:{PORT}/v2/models/{model}/infer"
+            body = samples / f"{model}-{rows}.json"
+            wrk(url, body, conc, args.warmup)
+            server.results[(model, rows, conc)] = wrk(url, body, conc, args.duration)
+            peak = max(peak, pss_mb(proc.pid))
+            r = server.results[(model, rows, conc)]
+            print(f"#   {model} rows={rows} conc={conc}: {r['rps']:.0f} rps, "
+                  f"p99 {r['p99']:.2f} ms, bad {r['bad']}", flush=True)
+        server.pss_mb = peak
+    finally:
+        stop(proc)
+
+
+# -- Depot-only measurements ------------------------------------------------------------
+
+def depot_server(label: str, home: Path, workers: int) -> Server:
+    return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{PORT}",
+                                     "--workers", str(workers)],
+                  env={"DEPOT_STATE_DIR": str(home / "state")})
+
+
+def depot_memory(home: Path, samples: Path) -> dict:
+    """PSS of 1 and of 4 workers, after every worker has served requests."""
+    found = {}
+    for workers in (1, 4):
+        server = depot_server(f"depot-mem-{workers}", home, workers)
+        proc = start(server, home / f"depot-mem-{workers}.log")
+        try:
+            body = (samples / "mnist-svm-1.json").read_bytes()
+            url = f"http://127.0.0.1:{PORT}/v2/models/mnist-svm/infer"
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda _: urllib.request.urlopen(
+                    urllib.request.Request(url, data=body), timeout=10).read(), range(400)))
+            found[workers] = pss_mb(proc.pid)
+        finally:
+            stop(proc)
+    return found
+
+
+def control_plane(home: Path, samples: Path) -> dict:
+    """After unload (load) returns, 64 requests at once over 4 workers: how
+    long after the call returned did the first burst start in which every
+    reply was refused (served)? Worst of 5 tries each way."""
+    server = depot_server("depot-control", home, 4)
+    proc = start(server, home / "depot-control.log")
+    body = (samples / "mushroom-xgboost-1.json").read_bytes()
+    base = f"http://127.0.0.1:{PORT}"
+
+    def status(path: str, data: bytes = b"") -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, data=data),
+                                        timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def control(op: str) -> None:
+        assert status(f"/v2/repository/models/mushroom-xgboost/{op}") == 200
+
+    def burst() -> set[int]:
+        with ThreadPoolExecutor(16) as pool:
+            return set(pool.map(lambda _: status("/v2/models/mushroom-xgboost/infer", body),
+                                range(64)))
+
+    results = {}
+    try:
+        for op, undo, want in (("unload", "load", 400), ("load", "unload", 200)):
+            worst = 0.0
+            for _ in range(5):
+                control(undo)
+                control(op)
+                returned = time.monotonic()
+                while True:
+                    began = time.monotonic()
+                    if burst() == {want}:
+                        break
+                worst = max(worst, began - returned)
+            results[op] = worst
+    finally:
+        stop(proc)
+    return results
+
+
+def run_python(script: str, *args: str) -> str:
+    return subprocess.run(["taskset", "-c", SERVER_CPU, PYTHON, str(BENCH / script), *args],
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+# -- report --------------------------------------------------------------------------------
+
+def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
+    depot = servers["depot"]
+    floors = [s for key, s in servers.items() if key.startswith("floor")]
+    ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
+    lines = [
+        "| model | rows | conc | Depot rps | p50 ms | p99 ms | MLServer rps (p99) | "
+        "MLServer fastest rps (p99) | best floor rps | composite floor | Depot/MLServer | "
+        "Depot/MLServer fastest | Depot/composite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        d = depot.results[case]
+        f = max((s.results[case] for s in floors), key=lambda r: r["rps"])
+        composite = 1 / (1 / f["rps"] + inproc[case[:2]] / 1000) if f["rps"] else 0
+        row = [case[0], str(case[1]), str(case[2]), f"{d['rps']:.0f}", f"{d['p50']:.2f}",
+               f"{d['p99']:.2f}"]
+        for peer in (ml, fast):
+            p = peer.results.get(case) if peer else None
+            row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
+        row += [f"{f['rps']:.0f}", f"{composite:.0f}"]
+        for peer in (ml, fast):
+            p = peer.results.get(case) if peer else None
+            row.append(f"{d['rps'] / p['rps']:.2f}x" if p and p["rps"] else "-")
+        row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
+        bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
+        if bad:
+            row[-1] += f" ({bad} bad replies)"
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| server | cold start s | PSS MB (peak under load) |", "|---|---|---|"]
+    for s in servers.values():
+        lines.append(f"| {s.label} | {s.cold_start:.2f} | {s.pss_mb:.0f} |")
+    lines += ["", *(f"- {k}: {v}" for k, v in extras.items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)  # whole seconds, as wrk takes
+    parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
+    parser.add_argument("--skip-mlserver", action="store_true")
+    args = parser.parse_args()
+    args.home.mkdir(parents=True, exist_ok=True)
+    samples = args.home / "samples"
+    ensure_wrk()
+    make_samples(samples)
+    mlserver = None if args.skip_mlserver else ensure_mlserver(args.home)
+
+    floor = ["-w", "1", "--bind", f"127.0.0.1:{PORT}", "--no-control-socket", "floor_app:app"]
+    servers = {
+        "depot": depot_server("depot (1 worker)", args.home, 1),
+        "floor": Server("floor gthread (1 worker)",
+                        GUNICORN + ["-k", "gthread", "--threads", "4", *floor], cwd=BENCH),
+        "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor], cwd=BENCH),
+    }
+    if mlserver:
+        models = args.home / "mlserver-models"
+        shutil.rmtree(models, ignore_errors=True)
+        shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py"))
+        ports = {"MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_GRPC_PORT": "8081",
+                 "MLSERVER_METRICS_PORT": "8082"}
+        # run from the scratch folder: MLServer writes .envs/ and .metrics/ where it starts
+        servers["mlserver"] = Server("MLServer 1.7.1 default", [str(mlserver), "start", str(models)],
+                                     env=ports, cwd=args.home)
+        servers["mlserver-fastest"] = Server("MLServer 1.7.1 parallel_workers=0",
+                                             [str(mlserver), "start", str(models)],
+                                             env={**ports, "MLSERVER_PARALLEL_WORKERS": "0"},
+                                             cwd=args.home)
+    for server in servers.values():
+        measure(server, samples, args.home, args)
+
+    print("# in-process floor", flush=True)
+    inproc = {(j["model"], j["rows"]): j["e2e_ms"] for j in
+              map(json.loads, run_python("inprocess.py", str(samples), "3").splitlines())}
+    print("# memory and control plane", flush=True)
+    memory = depot_memory(args.home, samples)
+    control = control_plane(args.home, samples)
+    state = run_python("state_check.py").strip().splitlines()[-1]
+    extras = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "Depot PSS, 1 worker / 4 workers (after serving)":
+            f"{memory[1]:.0f} MB / {memory[4]:.0f} MB (4 workers = {memory[4] / memory[1]:.2f}x one)",
+        "unload -> a burst of 64 requests over 4 workers all refused, starting (worst of 5)":
+            f"{control['unload'] * 1000:.1f} ms after the call returned",
+        "load -> a burst all served, starting (worst of 5)":
+            f"{control['load'] * 1000:.1f} ms after the call returned",
+        "shared-state check": state,
+        "in-process e2e ms": ", ".join(f"{m} {r} rows {v:.3f}" for (m, r), v in inproc.items()),
+        "cold start Depot / MLServer default": (
+            f"{servers['depot'].cold_start / servers['mlserver'].cold_start:.2f}"
+            if "mlserver" in servers else "-"),
+    }
+    table = report(servers, inproc, extras)
+    (args.home / "RESULTS.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The in-process floor: the work any Python server must do for a request,
+without a server: parse the JSON body, make the numpy array, predict, write
+the JSON reply. Prints one JSON line per case with the median in ms.
+
+usage: python bench/inprocess.py SAMPLES_DIR [SECONDS_PER_CASE]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import orjson
+import xgboost as xgb
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def load(name: str):
+    if name == "mnist-svm":
+        return joblib.load(MODELS / name / "model.joblib")
+    model = xgb.XGBClassifier(n_jobs=1)
+    model.load_model(MODELS / name / "model.json")
+    return model
+
+
+def median_ms(work, seconds: float) -> float:
+    for _ in range(30):
+        work()
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter_ns()
+        work()
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1e6
+
+
+def main(samples: Path, seconds: float) -> None:
+    for name in ("mnist-svm", "mushroom-xgboost"):
+        model = load(name)
+        for rows in (1, 64):
+            body = (samples / f"{name}-{rows}.json").read_bytes()
+
+            def work():
+                tensor = orjson.loads(body)["inputs"][0]
+                x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+                y = model.predict(x)
+                return orjson.dumps({"outputs": [{"name": "predict", "shape": [len(y), 1],
+                                                  "datatype": "INT64", "data": y}]},
+                                    option=orjson.OPT_SERIALIZE_NUMPY)
+
+            print(json.dumps({"model": name, "rows": rows, "e2e_ms": median_ms(work, seconds)}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 3.0)
