@@ -24,6 +24,10 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
 wsgi_app = "app.wsgi:app"
 bind = ["127.0.0.1:8080"]
 workers = 2
+# sync: a worker takes a connection only when it is free, so a slow request
+# (a model load, a big batch) never holds up others that another worker could
+# serve. gthread keeps connections alive, which measured no faster here (the
+# work is CPU-bound under the GIL), and queues requests behind a busy thread.
 worker_class = "sync"
 # Load the app, and the models, once in the master: workers share the pages.
 preload_app = True

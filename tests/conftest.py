@@ -62,9 +62,6 @@ class Server:
     state: Path
     log: Path
 
-    def __post_init__(self) -> None:
-        self.session = requests.Session()
-
     def get(self, path: str, **kw: Any) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kw)
 

@@ -179,9 +179,8 @@ def test_binary_size_without_the_header(server):
 @pytest.mark.parametrize("coding, squash", [("gzip", gzip.compress), ("deflate", zlib.compress)])
 def test_compressed_request_and_response(server, digits, mnist_model, coding, squash):
     body = orjson.dumps(v2_body(digits[:1000]))
-    r = server.session.post(f"{server.url}/v2/models/mnist-svm/infer", data=squash(body),
-                            headers={"Content-Encoding": coding, "Accept-Encoding": coding},
-                            timeout=30)
+    r = server.post("/v2/models/mnist-svm/infer", data=squash(body),
+                    headers={"Content-Encoding": coding, "Accept-Encoding": coding})
     assert r.headers["Content-Encoding"] == coding  # requests inflates it for us
     assert output(r).ravel().tolist() == mnist_model.predict(digits[:1000]).tolist()
 
