@@ -16,7 +16,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 # Inference metrics are counted per process in prometheus-client's multiprocess
 # files; a new deployment starts them from zero. This must happen before the
 # app (and prometheus_client) is imported.
-_metrics = Settings.from_env().state_dir / "metrics"
+_settings = Settings.from_env()
+_metrics = _settings.state_dir / "metrics"
 shutil.rmtree(_metrics, ignore_errors=True)
 _metrics.mkdir(parents=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
@@ -36,8 +37,11 @@ graceful_timeout = 20
 # Depot is managed through its HTTP API; gunicorn's control socket would be a
 # second, unauthenticated way in, and one path shared by every deployment.
 control_socket_disable = True
+# JSON lines on stderr: one per request (access) and one per model state change.
+logger_class = "app.logs.JsonLogger"
 errorlog = "-"
-loglevel = "info"
+accesslog = "-" if _settings.access_log else None
+loglevel = _settings.log_level
 
 
 def _registry(server):
@@ -52,11 +56,16 @@ def on_starting(server):
     depot.handlers = list(server.log.error_log.handlers)
     depot.setLevel(server.log.error_log.level)
     depot.propagate = False
+    server.log.error_log.propagate = False
 
 
 def when_ready(server):
-    """Register and load the repository once per deployment, before fork."""
-    _registry(server).startup()
+    """Register and load the repository once per deployment, before fork;
+    meanwhile every connection is answered 503 instead of hanging."""
+    from app.loading import NotReadyResponder
+
+    with NotReadyResponder(server.LISTENERS):
+        _registry(server).startup()
 
 
 def post_worker_init(worker):

@@ -5,13 +5,15 @@ that names a model also answers under ``/versions/<version>/``.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
-from typing import Any
+import time
+from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app, request
 
-from . import codec, compression, content
-from .errors import BadRequest, NotReady, Unauthorized, json_response
+from . import codec, compression, content, openapi
+from .errors import BadRequest, ModelNotFound, Unauthorized, json_response
 from .metrics import Metrics
 from .registry import Registry
 from .store import Row
@@ -77,12 +79,14 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 @model_route("/infer", methods=["POST"])
 def infer(name: str, version: str | None = None) -> Response:
+    request.environ["depot.model"] = name  # for the access log line
     row, runtime = registry().get_ready(name, version)
     with metrics().track(row.name, row.version) as track:
         body = compression.decompress(request.get_data(),
                                       request.headers.get("Content-Encoding"),
                                       current_app.config["MAX_CONTENT_LENGTH"])
         req = codec.decode_request(body, header_length())
+        request.environ["depot.request_id"] = req.id
         x = content.model_input(req, runtime.content_type)
         track.rows = len(x) if getattr(x, "ndim", 1) else 1
         track.phase_done()
@@ -131,9 +135,15 @@ def statistics(name: str | None = None, version: str | None = None) -> Response:
     return json_response({"model_stats": metrics().statistics(registry().stats_keys(name, version))})
 
 
+@bp.get("/v2/openapi.json")
+def openapi_document() -> Response:
+    return json_response(openapi.document(SERVER_VERSION))
+
+
 @bp.get("/metrics")
 def prometheus() -> Response:
-    return Response(metrics().exposition(), mimetype="text/plain; version=0.0.4")
+    rows = registry().store.rows()
+    return Response(metrics().exposition(rows), mimetype="text/plain; version=0.0.4")
 
 
 # -- repository extension -------------------------------------------------------
@@ -165,7 +175,8 @@ def repository_load(name: str) -> Response:
     unsupported = [k for k in parameters if k == "config" or k.startswith("file:")]
     if unsupported:
         raise BadRequest(f"load parameter {unsupported[0]!r} is not supported by Depot")
-    registry().load(name)
+    with control_metrics(name, "load"):
+        registry().load(name)
     return json_response({"name": name, "load": True})
 
 
@@ -177,5 +188,20 @@ def repository_unload(name: str) -> Response:
     dependents = parameters.get("unload_dependents", False)
     if not isinstance(dependents, bool):
         raise BadRequest(f"'unload_dependents' must be true or false, got {dependents!r}")
-    registry().unload(name)
+    with control_metrics(name, "unload"):
+        registry().unload(name)
     return json_response({"name": name, "unload": True})
+
+
+@contextlib.contextmanager
+def control_metrics(name: str, action: str) -> Iterator[None]:
+    """Count and time a load or unload of a model the repository knows."""
+    start = time.perf_counter()
+    try:
+        yield
+    except ModelNotFound:
+        raise  # not a model: no series for it
+    except Exception:
+        metrics().control_call(name, action, time.perf_counter() - start, ok=False)
+        raise
+    metrics().control_call(name, action, time.perf_counter() - start, ok=True)

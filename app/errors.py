@@ -11,7 +11,7 @@ import logging
 import uuid
 
 import orjson
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("depot")
@@ -21,6 +21,7 @@ class DepotError(Exception):
     """Base class: an unexpected failure, reported as 500."""
 
     status = 500
+    headers: dict[str, str] = {}
 
     @property
     def message(self) -> str:
@@ -57,6 +58,7 @@ class LoadFailed(DepotError):
 
 class Unauthorized(DepotError):
     status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="depot"'}
 
 
 class PayloadTooLarge(DepotError):
@@ -84,7 +86,9 @@ def error_response(message: str, status: int) -> Response:
 
 
 def _depot_error(e: DepotError) -> Response:
-    return error_response(e.message, e.status)
+    response = error_response(e.message, e.status)
+    response.headers.update(e.headers)
+    return response
 
 
 def _http_error(e: HTTPException) -> Response:
@@ -103,7 +107,8 @@ def _http_error(e: HTTPException) -> Response:
 
 def _unexpected(e: Exception) -> Response:
     request_id = uuid.uuid4().hex[:12]
-    log.exception("internal error (id %s)", request_id)
+    request.environ["depot.request_id"] = request_id  # the access log line carries it too
+    log.exception("internal error (id %s)", request_id, extra={"request_id": request_id})
     return error_response(f"internal error (id {request_id})", 500)
 
 

@@ -44,6 +44,9 @@ class Metrics:
         self.last = Gauge("depot_inference_last_timestamp_seconds",
                           "When the model last answered a request (Unix time).", LABELS,
                           multiprocess_mode="max", registry=r)
+        self.control = Histogram("depot_model_control_duration_seconds",
+                                 "Load and unload calls, by outcome.", ("model", "action", "outcome"),
+                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
         self._children: dict[tuple[str, str], tuple] = {}
 
     def track(self, model: str, version: str) -> "Tracker":
@@ -56,21 +59,37 @@ class Metrics:
                 self.last.labels(model, version))
         return Tracker(children)
 
+    def control_call(self, model: str, action: str, seconds: float, ok: bool) -> None:
+        self.control.labels(model, action, "success" if ok else "failure").observe(seconds)
+
     def collected(self) -> Any:
-        """A registry whose collect() sums every worker's numbers."""
+        """A fresh registry whose collect() sums every worker's numbers."""
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        if self.multiprocess_dir is None:
-            return self.registry
         merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        if self.multiprocess_dir is None:
+            merged.register(_Frozen(list(self.registry.collect())))
+        else:
+            MultiProcessCollector(merged, path=str(self.multiprocess_dir))
         return merged
 
-    def exposition(self) -> bytes:
+    def exposition(self, rows: list[Any] = ()) -> bytes:
+        """The Prometheus text format: the counters of every worker, and the
+        state of every model version as the shared store has it now."""
         from prometheus_client import generate_latest
+        from prometheus_client.core import GaugeMetricFamily
 
-        return generate_latest(self.collected())
+        loaded = GaugeMetricFamily("depot_models_loaded", "Model versions READY to serve.",
+                                   value=sum(row.state == "READY" for row in rows))
+        state = GaugeMetricFamily("depot_model_state",
+                                  "1 for the state each model version is in.",
+                                  labels=["model", "version", "state"])
+        for row in rows:
+            state.add_metric([row.name, row.version, row.state], 1)
+        registry = self.collected()
+        registry.register(_Frozen([loaded, state]))
+        return generate_latest(registry)
 
     def statistics(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Triton's model statistics for each (model, version) in ``keys``."""
@@ -78,10 +97,20 @@ class Metrics:
         for family in self.collected().collect():
             for sample in family.samples:
                 labels = sample.labels
-                if "model" in labels and "le" not in labels:
+                if "version" in labels and "le" not in labels:
                     name = sample.name + (f":{labels['phase']}" if "phase" in labels else "")
                     values[(labels["model"], labels["version"], name)] = sample.value
         return [_triton_stats(model, version, values) for model, version in keys]
+
+
+class _Frozen:
+    """A collector of metric families made at scrape time."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
 
 
 def _triton_stats(model: str, version: str, values: dict) -> dict[str, Any]:

@@ -48,6 +48,12 @@ def _label(name: str, version: str) -> str:
     return f"{name!r} version {version!r}" if version else repr(name)
 
 
+def _event(event: str, name: str, version: str, reason: str, level: int = logging.INFO) -> None:
+    """One log line per state change, with fields a JSON log keeps apart."""
+    log.log(level, "%s %s: %s", event, _label(name, version), reason,
+            extra={"event": event, "model": name, "version": version, "reason": reason})
+
+
 class Snapshot:
     """What a worker knows of the store at one change mark: every row by
     key, and each model's versions newest first."""
@@ -209,21 +215,20 @@ class Registry:
                 return
             row = self.store.get(spec.name, spec.version)
             mark = repository.fingerprint(spec)
-            label = _label(spec.name, spec.version)
             if row is None:
                 new = self._registered(spec).replace(fingerprint=mark)
                 self.store.put(new)
-                log.info("registered %s: %s", label, new.reason)
+                _event("register", spec.name, spec.version, new.reason)
             elif row.state == READY:
                 reason = "" if mark == row.fingerprint else CHANGED_ON_DISK
                 if reason and row.reason.startswith(RELOAD_FAILED):
                     reason = row.reason  # says more: the change was tried and failed
                 if row.reason != reason:
                     self.store.put(row.replace(reason=reason))
-                    log.info("%s: %s", label, reason or "disk matches the loaded copy")
+                    _event("change", spec.name, spec.version, reason or "disk matches the loaded copy")
             elif row.state == LOADING:  # we hold the lock, so its loader died
                 self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED))
-                log.warning("%s: %s", label, LOAD_INTERRUPTED)
+                _event("fail", spec.name, spec.version, LOAD_INTERRUPTED, logging.WARNING)
             elif mark != row.fingerprint:
                 if spec.error:
                     reason = f"cannot load: {spec.error}"
@@ -233,7 +238,7 @@ class Registry:
                     reason = CHANGED_ON_DISK
                 self.store.put(self._registered(spec, row).replace(
                     reason=reason, fingerprint=mark, details=self._details(spec)))
-                log.info("%s changed on disk: %s", label, reason)
+                _event("change", spec.name, spec.version, reason)
 
     def forget(self, name: str, version: str) -> None:
         """A model version gone from the disk leaves the index; every worker
@@ -242,7 +247,7 @@ class Registry:
             back = any(spec.version == version for spec in self._find(name))
             if not back and self.store.get(name, version) is not None:
                 self._forget(name, version)
-                log.info("removed %s: gone from the repository", _label(name, version))
+                _event("remove", name, version, "gone from the repository")
 
     def load(self, name: str) -> list[Row]:
         """Load (or reload) every version of a model from the disk. All are
@@ -269,7 +274,7 @@ class Registry:
         with self.store.lock(name):
             rows = self._rows_of(name) or [self._registered(s) for s in self._find(name)]
             if not rows:
-                raise ModelNotFound(f"model {name!r} not found")
+                raise ModelNotFound(f"model {name!r} is not in the repository")
             unloaded = []
             for row in rows:
                 new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None,
@@ -278,7 +283,7 @@ class Registry:
                 self._drop((row.name, row.version))
                 self._discard_snapshots(row.name, row.version, keep=None)
                 unloaded.append(new)
-            log.info("unloaded %s", name)
+                _event("unload", row.name, row.version, "unloaded")
             return unloaded
 
     # -- worker cache -------------------------------------------------------
@@ -358,7 +363,7 @@ class Registry:
             self._publish_failure(spec, row, message)
             raise LoadFailed(f"load failed for model {_label(spec.name, spec.version)}: "
                              f"{message}") from None
-        log.info("loaded %s (generation %d)", _label(spec.name, spec.version), new.generation)
+        _event("load", spec.name, spec.version, f"generation {new.generation}")
         return new
 
     def _publish(self, spec: ModelSpec, row: Row) -> Row:
@@ -397,7 +402,7 @@ class Registry:
             self.store.put(current.replace(reason=reason))
         else:
             self.store.put(current.replace(state=UNAVAILABLE, reason=f"load failed: {message}"))
-        log.warning("load of %s failed: %s", _label(spec.name, spec.version), message)
+        _event("fail", spec.name, spec.version, message, logging.WARNING)
 
     def _build(self, runtime_name: str | None, artifact: Path, details: str) -> runtimes.Runtime:
         cls = runtimes.by_name(runtime_name or "")

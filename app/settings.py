@@ -58,6 +58,13 @@ def parse_seconds(value: str) -> float:
     return seconds
 
 
+def parse_log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"expected debug, info, warning, error or critical, got {value!r}")
+    return level
+
+
 def default_state_dir(models: Path) -> Path:
     """One state folder per repository, so two deployments of different
     repositories never share a registry by accident."""
@@ -75,6 +82,8 @@ class Settings:
     sync_interval: float = 0.05
     watch: bool = True
     rescan_interval: float = 5.0
+    log_level: str = "info"
+    access_log: bool = True
     #: prometheus-client's multiprocess folder; gunicorn.conf.py sets it
     metrics_dir: Path | None = None
 
@@ -102,5 +111,7 @@ class Settings:
             sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
             watch=read("DEPOT_WATCH", parse_bool, True),
             rescan_interval=read("DEPOT_RESCAN_INTERVAL", parse_seconds, 5.0),
+            log_level=read("DEPOT_LOG_LEVEL", parse_log_level, "info"),
+            access_log=read("DEPOT_ACCESS_LOG", parse_bool, True),
             metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),
         )

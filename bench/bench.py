@@ -314,6 +314,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)  # whole seconds, as wrk takes
     parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the servers' results from the last run's results.json")
     args = parser.parse_args()
     args.home.mkdir(parents=True, exist_ok=True)
     samples = args.home / "samples"
@@ -341,8 +343,18 @@ def main() -> None:
                                              [str(mlserver), "start", str(models)],
                                              env={**ports, "MLSERVER_PARALLEL_WORKERS": "0"},
                                              cwd=args.home)
-    for server in servers.values():
-        measure(server, samples, args.home, args)
+    saved = args.home / "results.json"
+    if args.reuse:
+        for key, found in json.loads(saved.read_text()).items():
+            servers[key].cold_start, servers[key].pss_mb = found["cold_start"], found["pss_mb"]
+            servers[key].results = {tuple(json.loads(c)): r for c, r in found["results"].items()}
+    else:
+        for server in servers.values():
+            measure(server, samples, args.home, args)
+        saved.write_text(json.dumps({key: {
+            "cold_start": s.cold_start, "pss_mb": s.pss_mb,
+            "results": {json.dumps(c): r for c, r in s.results.items()}}
+            for key, s in servers.items()}))
 
     print("# in-process floor", flush=True)
     inproc = {(j["model"], j["rows"]): j["e2e_ms"] for j in

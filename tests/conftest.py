@@ -96,7 +96,7 @@ def _ready(server: Server) -> bool:
 
 @contextlib.contextmanager
 def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
-               models: Path | None = MODELS) -> Iterator[Server]:
+               models: Path | None = MODELS, wait: bool = True) -> Iterator[Server]:
     folder = tmp / "models"
     if models is not None:
         shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -115,7 +115,8 @@ def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, folder, state, log)
     try:
-        wait_until(lambda: _ready(server), timeout=60)
+        if wait:
+            wait_until(lambda: _ready(server), timeout=60)
         yield server
     finally:
         stop(proc)

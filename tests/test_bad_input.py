@@ -157,7 +157,7 @@ CASES = [
      b'{"parameters": {"unload_dependents": "no"}}', {}, 400, "'unload_dependents'"),
     ("load-unknown", "POST", "/v2/repository/models/nope/load", b"", {}, 404,
      "not in the repository"),
-    ("unload-unknown", "POST", "/v2/repository/models/nope/unload", b"", {}, 404, "not found"),
+    ("unload-unknown", "POST", "/v2/repository/models/nope/unload", b"", {}, 404, "not in the repository"),
 ]
 
 

@@ -44,6 +44,7 @@ def test_repository_calls_need_the_key(secured, path, header):
     r = secured.post(path, headers=headers)
     assert r.status_code == 401
     assert "Authorization: Bearer" in r.json()["error"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
     r = secured.post("/v2/repository/index", headers={"Authorization": f"Bearer {KEY}"})
     assert {e["name"]: e["state"] for e in r.json()}[XGB] == "READY"
 

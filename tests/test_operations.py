@@ -1,0 +1,198 @@
+"""Operating Depot: /metrics, the OpenAPI document, JSON logs, signals and
+readiness, each against a real multi-worker server."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import time
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+import requests
+
+from app import create_app, openapi
+from app.settings import Settings
+from conftest import MODELS, output, spread, v2_body, wait_until
+
+XGB = "mushroom-xgboost"
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no metric line starts with {line_start!r}")
+
+
+# -- /metrics ----------------------------------------------------------------------------
+
+def test_model_state_and_control_metrics(make_server, mushrooms):
+    with make_server() as server:
+        assert server.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
+        text = server.get("/metrics").text
+        assert metric(text, "depot_models_loaded ") == 1
+        assert metric(text, f'depot_model_state{{model="{XGB}",state="UNAVAILABLE"') == 1
+        assert server.post(f"/v2/repository/models/{XGB}/load").status_code == 200
+        assert server.post("/v2/repository/models/nope/load").status_code == 404
+        replies = spread(lambda: server.infer(XGB, v2_body(mushrooms[:3])), 30)
+        assert {r.status_code for r in replies} == {200}
+        text = server.get("/metrics").text
+        assert metric(text, "depot_models_loaded ") == 2
+        assert metric(text, f'depot_model_state{{model="{XGB}",state="READY"') == 1
+        for action in ("load", "unload"):
+            assert metric(text, "depot_model_control_duration_seconds_count{"
+                          f'action="{action}",model="{XGB}",outcome="success"}}') == 1
+        assert 'model="nope"' not in text
+        assert metric(text, f'depot_inference_rows_total{{model="{XGB}"') == 90
+        assert metric(text, f'depot_inference_request_duration_seconds_count{{model="{XGB}"') \
+            == 30
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+def test_every_route_is_in_the_document(tmp_path):
+    app = create_app(Settings(models=MODELS, state_dir=tmp_path))
+    paths = openapi.document("x")["paths"]
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        assert path in paths, f"{rule.rule} is not in the OpenAPI document"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in paths[path], f"{method} {rule.rule} is not described"
+    served = {r.rule.replace("<", "{").replace(">", "}") for r in app.url_map.iter_rules()}
+    assert set(paths) <= served, "the document describes routes Flask does not have"
+
+
+def _validator(document: dict, schema: str):
+    root = {"$ref": f"#/components/schemas/{schema}", "components": document["components"]}
+    return jsonschema.Draft202012Validator(root)
+
+
+@pytest.mark.parametrize("method, path, body, status, schema", [
+    ("get", "/v2/health/live", None, 200, "Live"),
+    ("get", "/v2/health/ready", None, 200, "Ready"),
+    ("get", "/v2", None, 200, "ServerMetadata"),
+    ("get", "/v2/models/mnist-svm", None, 200, "ModelMetadata"),
+    ("get", "/v2/models/mnist-svm/versions/v0.1.0/ready", None, 200, "ModelReady"),
+    ("post", "/v2/models/mnist-svm/infer",
+     {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
+     200, "InferenceResponse"),
+    ("post", "/v2/models/mnist-svm/infer", {"inputs": []}, 400, "Error"),
+    ("get", "/v2/models/nope", None, 404, "Error"),
+    ("post", "/v2/repository/index", {}, 200, "Index"),
+    ("post", "/v2/repository/models/mnist-svm/load", {}, 200, "ControlResponse"),
+    ("get", "/v2/models/stats", None, 200, "Statistics"),
+    ("get", "/v2/models/mnist-svm/versions/v0.1.0/stats", None, 200, "Statistics"),
+])
+def test_answers_validate_against_the_document(server, method, path, body, status, schema):
+    document = server.get("/v2/openapi.json").json()
+    jsonschema.Draft202012Validator.check_schema(document["components"]["schemas"][schema])
+    r = getattr(requests, method)(server.url + path, json=body, timeout=30)
+    assert r.status_code == status
+    template = path.replace("mnist-svm", "{name}").replace("nope", "{name}")
+    operation = document["paths"][template.replace("v0.1.0", "{version}")][method]
+    assert str(status) in operation["responses"]
+    _validator(document, schema).validate(r.json())
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+def test_log_lines_are_json(make_server, digits):
+    with make_server(workers=2) as server:
+        r = server.infer("mnist-svm", v2_body(digits[:2], id="trace-me"))
+        assert r.status_code == 200
+        assert server.post("/v2/repository/models/mnist-svm/unload").status_code == 200
+        assert server.infer("mnist-svm", v2_body(digits[:1])).status_code == 400
+
+        def lines():
+            return [orjson.loads(line) for line in server.log.read_text().splitlines()
+                    if line.strip()]
+
+        access = wait_until(lambda: [l for l in lines() if l.get("request_id") == "trace-me"])
+        assert access[0]["type"] == "access" and access[0]["status"] == 200
+        assert access[0]["model"] == "mnist-svm" and access[0]["method"] == "POST"
+        assert access[0]["duration_ms"] > 0 and access[0]["worker_pid"] in server.worker_pids()
+        events = {(l.get("event"), l.get("model")) for l in lines()}
+        assert {("register", "mnist-svm"), ("load", "mnist-svm"),
+                ("unload", "mnist-svm")} <= events
+        unload = next(l for l in lines() if l.get("event") == "unload")
+        assert unload["reason"] == "unloaded" and unload["level"] == "info"
+
+
+def test_log_level_and_access_log_settings(make_server, digits):
+    with make_server(workers=1, env={"DEPOT_LOG_LEVEL": "warning",
+                                     "DEPOT_ACCESS_LOG": "false"}) as server:
+        assert server.infer("mnist-svm", v2_body(digits[:1])).status_code == 200
+        assert server.post("/v2/repository/models/mnist-svm/unload").status_code == 200
+        for line in server.log.read_text().splitlines():
+            entry = orjson.loads(line)
+            assert entry.get("type") != "access"
+            assert entry["level"] in ("warning", "error", "critical")
+
+
+# -- signals and readiness -----------------------------------------------------------------
+
+def test_sighup_reloads_workers_and_keeps_the_registry(make_server, digits, mnist_model):
+    with make_server(workers=2) as server:
+        assert server.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
+        before, index = server.worker_pids(), server.index()
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(lambda: len(server.worker_pids()) == 2 and not server.worker_pids() & before,
+                   timeout=30)
+        assert server.index() == index
+        assert server.infer(XGB, v2_body(digits[:1, :1])).status_code == 400
+        got = output(server.infer("mnist-svm", v2_body(digits[:3])))
+        assert got.ravel().tolist() == mnist_model.predict(digits[:3]).tolist()
+
+
+def test_sigterm_finishes_the_request_in_flight(make_server, digits, mnist_model):
+    with make_server(workers=1) as server:
+        body = orjson.dumps(v2_body(digits[:5]))
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(f"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body[:100])
+            time.sleep(0.3)  # the worker is now reading this request
+            os.kill(server.proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            sock.sendall(body[100:])
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        got = orjson.loads(payload)["outputs"][0]["data"]
+        assert got == mnist_model.predict(digits[:5]).tolist()
+        assert server.proc.wait(timeout=30) == 0
+
+
+class _SlowToLoad:
+    def __reduce__(self):
+        return (time.sleep, (4,))
+
+
+def test_readiness_is_503_while_models_load(tmp_path):
+    from conftest import run_server
+
+    models = tmp_path / "src"
+    models.mkdir()
+    (models / "slow.joblib").write_bytes(pickle.dumps(_SlowToLoad()))
+    with run_server(tmp_path, workers=2, models=models, wait=False) as server:
+        def probe():  # (the Response, in a list: a 503 Response is falsy)
+            try:
+                return [server.get("/v2/health/ready")]
+            except requests.ConnectionError:
+                return None
+
+        (first,) = wait_until(probe, timeout=30)
+        assert first.status_code == 503 and first.json()["ready"] is False
+        (ready,) = wait_until(lambda: (r := probe()) and r[0].status_code == 200 and r,
+                              timeout=30)
+        assert ready.json() == {"ready": True}
+        assert server.index()["slow"]["state"] == "UNAVAILABLE"  # it loaded None: a failure
