@@ -64,8 +64,14 @@ def when_ready(server):
     meanwhile every connection is answered 503 instead of hanging."""
     from app.loading import NotReadyResponder
 
+    registry = _registry(server)
     with NotReadyResponder(server.LISTENERS):
-        _registry(server).startup()
+        registry.startup()
+    if registry.settings.metrics_port:
+        # The master lives as long as the deployment: it serves the extra
+        # /metrics port, summing the workers' files like the main route does.
+        metrics = server.app.wsgi().extensions["depot.metrics"]
+        metrics.serve("127.0.0.1", registry.settings.metrics_port, registry.store.rows)
 
 
 def post_worker_init(worker):

@@ -142,8 +142,8 @@ def openapi_document() -> Response:
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    rows = registry().store.rows()
-    return Response(metrics().exposition(rows), mimetype="text/plain; version=0.0.4")
+    return Response(metrics().exposition(registry().store.rows),
+                    mimetype="text/plain; version=0.0.4")
 
 
 # -- repository extension -------------------------------------------------------

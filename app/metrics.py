@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 LABELS = ("model", "version")
 PHASES = ("input", "infer", "output")  # decode, predict, encode: Triton's compute_*
@@ -74,22 +74,23 @@ class Metrics:
             MultiProcessCollector(merged, path=str(self.multiprocess_dir))
         return merged
 
-    def exposition(self, rows: list[Any] = ()) -> bytes:
-        """The Prometheus text format: the counters of every worker, and the
-        state of every model version as the shared store has it now."""
+    def exposition(self, rows: Callable[[], list[Any]]) -> bytes:
         from prometheus_client import generate_latest
-        from prometheus_client.core import GaugeMetricFamily
 
-        loaded = GaugeMetricFamily("depot_models_loaded", "Model versions READY to serve.",
-                                   value=sum(row.state == "READY" for row in rows))
-        state = GaugeMetricFamily("depot_model_state",
-                                  "1 for the state each model version is in.",
-                                  labels=["model", "version", "state"])
-        for row in rows:
-            state.add_metric([row.name, row.version, row.state], 1)
+        return generate_latest(self.scrape_registry(rows))
+
+    def scrape_registry(self, rows: Callable[[], list[Any]]) -> Any:
+        """What a scrape returns: the counters of every worker, and the state
+        of every model version as ``rows()`` (the shared store) has it then."""
         registry = self.collected()
-        registry.register(_Frozen([loaded, state]))
-        return generate_latest(registry)
+        registry.register(_ModelStates(rows))
+        return registry
+
+    def serve(self, host: str, port: int, rows: Callable[[], list[Any]]) -> None:
+        """/metrics on a port of its own (a thread of the calling process)."""
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self.scrape_registry(rows))
 
     def statistics(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Triton's model statistics for each (model, version) in ``keys``."""
@@ -101,6 +102,26 @@ class Metrics:
                     name = sample.name + (f":{labels['phase']}" if "phase" in labels else "")
                     values[(labels["model"], labels["version"], name)] = sample.value
         return [_triton_stats(model, version, values) for model, version in keys]
+
+
+class _ModelStates:
+    """Read at each scrape: how many versions are READY, and each one's state."""
+
+    def __init__(self, rows: Callable[[], list[Any]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        rows = self.rows()
+        loaded = GaugeMetricFamily("depot_models_loaded", "Model versions READY to serve.",
+                                   value=sum(row.state == "READY" for row in rows))
+        state = GaugeMetricFamily("depot_model_state",
+                                  "1 for the state each model version is in.",
+                                  labels=["model", "version", "state"])
+        for row in rows:
+            state.add_metric([row.name, row.version, row.state], 1)
+        return [loaded, state]
 
 
 class _Frozen:

@@ -115,10 +115,12 @@ ERRORS = {"400": "malformed request, or the model is not ready",
           "503": "start-up loading is not done"}
 
 
-def _operation(method: str, summary: str, ok: str, *errors: str,
+def _operation(method: str, summary: str, ok: str | None, *errors: str,
                body: str | None = None, content: str = "application/json") -> dict:
-    responses = {"200": _json(ok, summary) if content == "application/json" else
-                 {"description": summary, "content": {content: {"schema": {"type": "string"}}}}}
+    """``ok`` names the 200 answer's schema; None: any document of ``content``."""
+    schema = {"type": "string"} if content.startswith("text/") else {"type": "object"}
+    responses = {"200": _json(ok, summary) if ok else
+                 {"description": summary, "content": {content: {"schema": schema}}}}
     for code in errors:
         responses[code] = _json("Error", ERRORS[code])
     op: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -135,9 +137,9 @@ ROUTES: dict[str, dict] = {
     "/v2/health/ready": _operation("get", "Start-up loading is done", "Ready", "503"),
     "/v2": _operation("get", "Server metadata and extensions", "ServerMetadata"),
     "/v2/models/stats": _operation("get", "Statistics of every model", "Statistics"),
-    "/metrics": _operation("get", "Prometheus metrics, summed over workers", "Error",
+    "/metrics": _operation("get", "Prometheus metrics, summed over workers", None,
                            content="text/plain"),
-    "/v2/openapi.json": _operation("get", "This document", "Error", content="application/json"),
+    "/v2/openapi.json": _operation("get", "This document", None),
     "/v2/repository/index": _operation("post", "Every model version, its state and reason",
                                        "Index", "400", "401", body="IndexRequest"),
     "/v2/repository/models/{name}/load": _operation(

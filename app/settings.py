@@ -58,6 +58,16 @@ def parse_seconds(value: str) -> float:
     return seconds
 
 
+def parse_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"expected a port number, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"expected a port from 1 to 65535, got {value!r}")
+    return port
+
+
 def parse_log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -82,6 +92,8 @@ class Settings:
     sync_interval: float = 0.05
     watch: bool = True
     rescan_interval: float = 5.0
+    #: serve /metrics on this port too (from the master), besides the main one
+    metrics_port: int | None = None
     log_level: str = "info"
     access_log: bool = True
     #: prometheus-client's multiprocess folder; gunicorn.conf.py sets it
@@ -111,6 +123,7 @@ class Settings:
             sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
             watch=read("DEPOT_WATCH", parse_bool, True),
             rescan_interval=read("DEPOT_RESCAN_INTERVAL", parse_seconds, 5.0),
+            metrics_port=read("DEPOT_METRICS_PORT", parse_port, None),
             log_level=read("DEPOT_LOG_LEVEL", parse_log_level, "info"),
             access_log=read("DEPOT_ACCESS_LOG", parse_bool, True),
             metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),

@@ -196,3 +196,16 @@ def test_readiness_is_503_while_models_load(tmp_path):
                               timeout=30)
         assert ready.json() == {"ready": True}
         assert server.index()["slow"]["state"] == "UNAVAILABLE"  # it loaded None: a failure
+
+
+def test_metrics_on_a_port_of_their_own(make_server, mushrooms):
+    from conftest import free_port
+
+    port = free_port()
+    with make_server(workers=2, env={"DEPOT_METRICS_PORT": str(port)}) as server:
+        replies = spread(lambda: server.infer(XGB, v2_body(mushrooms[:2])), 10)
+        assert {r.status_code for r in replies} == {200}
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert metric(text, f'depot_inference_rows_total{{model="{XGB}"') == 20
+        assert metric(text, "depot_models_loaded ") == 2
+        assert "depot_model_state{" in text
