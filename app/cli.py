@@ -59,24 +59,22 @@ def api_key(value: str) -> str:
     return value
 
 
-def positive_seconds(value: str) -> float:
+def _positive(value: str, convert: Callable[[str], Any], what: str) -> Any:
     try:
-        seconds = float(value)
+        number = convert(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-    return seconds
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    return _positive(value, float, "a positive number of seconds")
 
 
 def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return number
+    return _positive(value, int, "a positive whole number")
 
 
 def model_name(value: str) -> str:

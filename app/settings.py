@@ -48,24 +48,23 @@ def parse_size(value: str) -> int:
     return size
 
 
-def parse_seconds(value: str) -> float:
+def _number(value: str, convert: Callable[[str], T], what: str,
+            valid: Callable[[T], bool]) -> T:
     try:
-        seconds = float(value)
+        number = convert(value)
     except ValueError:
-        raise ValueError(f"expected seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return seconds
+        raise ValueError(f"expected {what}, got {value!r}") from None
+    if not valid(number):
+        raise ValueError(f"expected {what}, got {value!r}")
+    return number
+
+
+def parse_seconds(value: str) -> float:
+    return _number(value, float, "a positive number of seconds", lambda s: 0 < s < float("inf"))
 
 
 def parse_port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"expected a port number, got {value!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"expected a port from 1 to 65535, got {value!r}")
-    return port
+    return _number(value, int, "a port from 1 to 65535", lambda p: 0 < p < 65536)
 
 
 def parse_log_level(value: str) -> str:
