@@ -71,12 +71,6 @@ class UnsupportedMediaType(DepotError):
     status = 415
 
 
-class NotReady(DepotError):
-    """The server has not finished starting up."""
-
-    status = 503
-
-
 def json_response(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 

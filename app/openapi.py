@@ -75,7 +75,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["name", "state", "reason"],
         "properties": {"name": {"type": "string"}, "version": {"type": "string"},
                        "state": {"type": "string",
-                                 "enum": ["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]},
+                                 "enum": ["READY", "UNAVAILABLE", "LOADING"]},
                        "reason": {"type": "string"}},
     },
     "Index": {"type": "array", "items": _ref("IndexEntry")},
