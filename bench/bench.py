@@ -276,12 +276,13 @@ def run_python(script: str, *args: str) -> str:
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     depot = servers["depot"]
     floors = [s for key, s in servers.items() if key.startswith("floor")]
+    model_floor = servers["model-floor"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
     lines = [
         "| model | rows | conc | Depot rps | p50 ms | p99 ms | MLServer rps (p99) | "
-        "MLServer fastest rps (p99) | best floor rps | composite floor | Depot/MLServer | "
-        "Depot/MLServer fastest | Depot/composite |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MLServer fastest rps (p99) | best floor rps | composite floor | model floor rps | "
+        "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         d = depot.results[case]
@@ -292,11 +293,13 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
-        row += [f"{f['rps']:.0f}", f"{composite:.0f}"]
+        mf = model_floor.results[case]["rps"]
+        row += [f"{f['rps']:.0f}", f"{composite:.0f}", f"{mf:.0f}"]
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{d['rps'] / p['rps']:.2f}x" if p and p["rps"] else "-")
         row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
+        row.append(f"{d['rps'] / mf:.2f}" if mf else "-")
         bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
         if bad:
             row[-1] += f" ({bad} bad replies)"
@@ -329,6 +332,9 @@ def main() -> None:
         "floor": Server("floor gthread (1 worker)",
                         GUNICORN + ["-k", "gthread", "--threads", "4", *floor], cwd=BENCH),
         "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor], cwd=BENCH),
+        "model-floor": Server("model floor sync (1 worker)",
+                              GUNICORN + ["-k", "sync", *floor[:-1], "model_floor_app:app"],
+                              cwd=BENCH),
     }
     if mlserver:
         models = args.home / "mlserver-models"
