@@ -61,18 +61,14 @@ class InferenceRequest:
     binary_output: bool = False  # for outputs the request does not list
 
 
-def parse_json(body: bytes, what: str = "request body") -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"{what} is not valid JSON: {e}") from None
-
-
 def parse_object(body: bytes, what: str = "request body") -> dict[str, Any]:
     """An empty body means ``{}``: tritonclient sends none on the repository routes."""
     if not body.strip():
         return {}
-    value = parse_json(body, what)
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object, got {type(value).__name__}")
     return value

@@ -40,6 +40,3 @@ def for_artifact(path: Path) -> type[Runtime] | None:
     suffix = path.suffix.lower()
     return next((r for r in all_runtimes() if suffix in r.suffixes), None)
 
-
-def artifact_suffixes() -> set[str]:
-    return {s for r in all_runtimes() for s in r.suffixes}
