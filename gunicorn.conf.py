@@ -25,11 +25,14 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
 wsgi_app = "app.wsgi:app"
 bind = ["127.0.0.1:8080"]
 workers = 2
-# sync: a worker takes a connection only when it is free, so a slow request
-# (a model load, a big batch) never holds up others that another worker could
-# serve. gthread keeps connections alive, which measured no faster here (the
-# work is CPU-bound under the GIL), and queues requests behind a busy thread.
-worker_class = "sync"
+# Connections are kept alive, and served one request at a time per worker
+# (app/worker.py): measured faster than both sync, which closes every
+# connection, and gthread, which hands each request to a thread pool; model
+# work holds the GIL, so threads would only queue behind one another.
+worker_class = "app.worker.KeepAliveWorker"
+# Seconds an idle connection is kept; behind a load balancer, make it longer
+# than the balancer's own idle timeout.
+keepalive = 5
 # Load the app, and the models, once in the master: workers share the pages.
 preload_app = True
 timeout = 60
