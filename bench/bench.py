@@ -198,9 +198,9 @@ def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace)
 
 # -- Depot-only measurements ------------------------------------------------------------
 
-def depot_server(label: str, home: Path, workers: int) -> Server:
+def depot_server(label: str, home: Path, workers: int, *extra: str) -> Server:
     return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{PORT}",
-                                     "--workers", str(workers)],
+                                     "--workers", str(workers), *extra],
                   env={"DEPOT_STATE_DIR": str(home / "state")})
 
 
@@ -274,27 +274,31 @@ def run_python(script: str, *args: str) -> str:
 # -- report --------------------------------------------------------------------------------
 
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
-    depot = servers["depot"]
-    floors = [s for key, s in servers.items() if key.startswith("floor")]
-    model_floor = servers["model-floor"]
+    """The composite floor takes the issue's transport floors (sync and
+    gthread); the keep-alive floors, on Depot's own worker, are stricter."""
+    depot, depot_sync = servers["depot"], servers["depot-sync"]
+    floors = [servers["floor"], servers["floor-sync"]]
+    keepalive, model_floor = servers["floor-keepalive"], servers["model-floor"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
     lines = [
-        "| model | rows | conc | Depot rps | p50 ms | p99 ms | MLServer rps (p99) | "
-        "MLServer fastest rps (p99) | best floor rps | composite floor | model floor rps | "
+        "| model | rows | conc | Depot rps | p50 ms | p99 ms | Depot sync worker rps | "
+        "MLServer rps (p99) | MLServer fastest rps (p99) | floor rps (sync/gthread best) | "
+        "composite floor | keep-alive floor rps | model floor rps | "
         "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         d = depot.results[case]
         f = max((s.results[case] for s in floors), key=lambda r: r["rps"])
         composite = 1 / (1 / f["rps"] + inproc[case[:2]] / 1000) if f["rps"] else 0
         row = [case[0], str(case[1]), str(case[2]), f"{d['rps']:.0f}", f"{d['p50']:.2f}",
-               f"{d['p99']:.2f}"]
+               f"{d['p99']:.2f}", f"{depot_sync.results[case]['rps']:.0f}"]
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
         mf = model_floor.results[case]["rps"]
-        row += [f"{f['rps']:.0f}", f"{composite:.0f}", f"{mf:.0f}"]
+        row += [f"{f['rps']:.0f}", f"{composite:.0f}", f"{keepalive.results[case]['rps']:.0f}",
+                f"{mf:.0f}"]
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{d['rps'] / p['rps']:.2f}x" if p and p["rps"] else "-")
@@ -327,13 +331,18 @@ def main() -> None:
     mlserver = None if args.skip_mlserver else ensure_mlserver(args.home)
 
     floor = ["-w", "1", "--bind", f"127.0.0.1:{PORT}", "--no-control-socket", "floor_app:app"]
+    keepalive = ["-k", "app.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
     servers = {
         "depot": depot_server("depot (1 worker)", args.home, 1),
+        "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
+                                   "-k", "sync"),
         "floor": Server("floor gthread (1 worker)",
                         GUNICORN + ["-k", "gthread", "--threads", "4", *floor], cwd=BENCH),
         "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor], cwd=BENCH),
-        "model-floor": Server("model floor sync (1 worker)",
-                              GUNICORN + ["-k", "sync", *floor[:-1], "model_floor_app:app"],
+        "floor-keepalive": Server("floor, Depot's keep-alive worker (1 worker)",
+                                  GUNICORN + [*keepalive, *floor], cwd=BENCH),
+        "model-floor": Server("model floor, Depot's keep-alive worker (1 worker)",
+                              GUNICORN + [*keepalive, *floor[:-1], "model_floor_app:app"],
                               cwd=BENCH),
     }
     if mlserver:

@@ -1,6 +1,6 @@
 """The in-process floor: the work any Python server must do for a request,
-without a server: parse the JSON body, make the numpy array, predict, write
-the JSON reply. Prints one JSON line per case with the median in ms.
+without a server: parse the JSON body, make the numpy array, predict (as the
+model floor does), write the JSON reply. Prints one JSON line per case with the median in ms.
 
 usage: python bench/inprocess.py SAMPLES_DIR [SECONDS_PER_CASE]
 """
@@ -12,20 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import orjson
-import xgboost as xgb
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
-
-
-def load(name: str):
-    if name == "mnist-svm":
-        return joblib.load(MODELS / name / "model.joblib")
-    model = xgb.XGBClassifier(n_jobs=1)
-    model.load_model(MODELS / name / "model.json")
-    return model
+from model_floor_app import PREDICT  # the same model calls as the model floor
 
 
 def median_ms(work, seconds: float) -> float:
@@ -41,14 +31,14 @@ def median_ms(work, seconds: float) -> float:
 
 def main(samples: Path, seconds: float) -> None:
     for name in ("mnist-svm", "mushroom-xgboost"):
-        model = load(name)
+        predict = PREDICT[name]
         for rows in (1, 64):
             body = (samples / f"{name}-{rows}.json").read_bytes()
 
             def work():
                 tensor = orjson.loads(body)["inputs"][0]
                 x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-                y = model.predict(x)
+                y = predict(x)
                 return orjson.dumps({"outputs": [{"name": "predict", "shape": [len(y), 1],
                                                   "datatype": "INT64", "data": y}]},
                                     option=orjson.OPT_SERIALIZE_NUMPY)
