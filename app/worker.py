@@ -33,12 +33,25 @@ from gunicorn.workers import base
 IO_TIMEOUT_FRACTION = 0.5
 # Seconds between sweeps for connections kept alive past gunicorn's keepalive.
 IDLE_CHECK_INTERVAL = 0.5
+# A connection the server ends is half-closed first, and what the client still
+# sends is read and dropped, up to this many seconds and bytes: closing with
+# unread bytes would make the kernel send a reset, which can destroy the last
+# response before the client reads it (RFC 9112, section 9.6).
+LINGER_SECONDS = 2.0
+# Seconds a worker with requests waiting leaves a new connection to others.
+ACCEPT_DEFER = 0.005
+# Connections one worker accepts in one turn, at most.
+ACCEPT_BURST = 64
+# Seconds a new connection's first request is waited for before the
+# connection joins the others in the poller.
+FIRST_REQUEST_WAIT = 0.005
+LINGER_BYTES = 1 << 20
 
 
 class Connection:
     """One client connection: its socket, its parser and when it goes idle."""
 
-    __slots__ = ("sock", "client", "server", "parser", "idle_since")
+    __slots__ = ("sock", "client", "server", "parser", "idle_since", "lingering", "drained")
 
     def __init__(self, sock: socket.socket, client, server, cfg) -> None:
         self.sock = sock
@@ -46,6 +59,8 @@ class Connection:
         self.server = server
         self.parser = http.get_parser(cfg, sock, client)
         self.idle_since = time.monotonic()
+        self.lingering = False
+        self.drained = 0
 
     def buffered(self) -> bool:
         """Whether a pipelined request already sits in the parser's buffer,
@@ -72,6 +87,7 @@ class KeepAliveWorker(base.Worker):
         self.waiting: dict[Connection, None] = {}
         self.accepting = False
         self.next_idle_check = 0.0
+        self.deferred_since: float | None = None
         self.io_timeout = max(1.0, self.timeout * IO_TIMEOUT_FRACTION) if self.timeout else None
         super().init_process()
 
@@ -96,20 +112,46 @@ class KeepAliveWorker(base.Worker):
         """Take at most one new connection and serve at most one request,
         waiting up to ``timeout`` seconds for something to do."""
         self.notify()
+        pending = []
         for fd, _ in self.poller.poll(0 if self.waiting else timeout):
             conn = self.connections.get(fd)
-            if conn is not None:
+            if conn is not None and conn.lingering:
+                self.drain(conn)
+            elif conn is not None:
                 self.waiting.setdefault(conn)
             elif fd == self.PIPE[0]:
                 self.drain_pipe()
             else:
-                self.accept(self.listeners[fd])
+                pending.append(self.listeners[fd])
+        self.take(pending, busy=bool(self.waiting))
+        # Before serving, which may take long: readiness is fresh now.
+        if time.monotonic() >= self.next_idle_check:
+            self.close_idle()
         if self.waiting:
             conn = next(iter(self.waiting))
             del self.waiting[conn]
             self.serve(conn)
-        if time.monotonic() >= self.next_idle_check:
-            self.close_idle()
+
+    def take(self, listeners: list, busy: bool) -> None:
+        """Accept the connections waiting, unless this worker has requests
+        to serve and other workers may be free: a connection stays with the
+        worker that accepted it, and its first request would wait behind
+        those. A free worker takes it within microseconds; if none has after
+        ``ACCEPT_DEFER`` seconds, this one does."""
+        if not listeners:
+            self.deferred_since = None
+            return
+        now = time.monotonic()
+        if busy and self.cfg.workers > 1:
+            if self.deferred_since is None:
+                self.deferred_since = now
+            if now - self.deferred_since < ACCEPT_DEFER:
+                return
+        self.deferred_since = None
+        for listener in listeners:
+            for _ in range(ACCEPT_BURST):
+                if not (self.alive and self.accepting and self.accept(listener)):
+                    break
 
     def finish(self) -> None:
         """On the way out, answer the requests already sent, each with
@@ -138,16 +180,16 @@ class KeepAliveWorker(base.Worker):
                 self.poller.unregister(listener)
         self.accepting = accepting
 
-    def accept(self, listener) -> None:
-        """Take one new connection, if another worker has not. One a turn:
-        a busy worker leaves a burst of them to idle ones."""
-        if not self.alive:
-            return
+    def accept(self, listener) -> bool:
+        """Take one new connection, if another worker has not, and serve its
+        first request at once if it comes within ``FIRST_REQUEST_WAIT``: as
+        with the sync worker, a worker that takes a connection is free to
+        answer it, and other connections go to other workers meanwhile."""
         try:
             sock, client = listener.accept()
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return
+                return False
             raise
         util.close_on_exec(sock)
         sock.settimeout(self.io_timeout)
@@ -156,24 +198,51 @@ class KeepAliveWorker(base.Worker):
         self.poller.register(sock, select.EPOLLIN)
         if len(self.connections) >= self.cfg.worker_connections:
             self.set_accepting(False)
+        ready = select.poll()
+        ready.register(sock, select.POLLIN)
+        if ready.poll(FIRST_REQUEST_WAIT * 1000):
+            self.serve(conn)
+        return True
 
     def serve(self, conn: Connection) -> None:
         if not (self.handle(conn) and self.alive):
-            self.close(conn)
+            self.linger(conn)
             return
         conn.idle_since = time.monotonic()
         if conn.buffered():
             # A pipelined request the poller cannot see: it waits its turn.
             self.waiting.setdefault(conn)
 
+    def linger(self, conn: Connection) -> None:
+        """End a connection without a reset: half-close it, then let the
+        poller drain what the client still sends until it closes too."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(conn)
+            return
+        conn.lingering = True
+        conn.idle_since = time.monotonic()
+
+    def drain(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained > LINGER_BYTES:
+            self.close(conn)
+
     def close_idle(self) -> None:
         """Close connections quiet for longer than gunicorn's ``keepalive``;
         one with a request waiting is not quiet, however long it waited."""
         now = time.monotonic()
         self.next_idle_check = now + IDLE_CHECK_INTERVAL
-        deadline = now - self.cfg.keepalive
-        for conn in [c for c in self.connections.values()
-                     if c.idle_since < deadline and c not in self.waiting]:
+        idle, lingered = now - self.cfg.keepalive, now - LINGER_SECONDS
+        for conn in [c for c in self.connections.values() if c not in self.waiting and
+                     c.idle_since < (lingered if c.lingering else idle)]:
             self.close(conn)
 
     def close(self, conn: Connection) -> None:

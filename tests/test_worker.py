@@ -172,3 +172,102 @@ def owners(server: Server, client_port: int) -> list[int]:
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 found.append(pid)
     return found
+
+
+def test_requests_waiting_at_sigterm_are_answered(make_server, digits: np.ndarray) -> None:
+    """A worker told to stop finishes the request in hand and the ones
+    already waiting, whole, then ends each connection; no answer is cut."""
+    import os
+    import signal
+
+    with make_server(workers=1) as server:
+        (worker,) = server.worker_pids()
+        socks = [connect(server) for _ in range(8)]
+        files = [s.makefile("rb") for s in socks]
+        try:
+            for sock, f in zip(socks, files):  # kept alive and owned by the worker
+                sock.sendall(request("GET", "/v2/health/live"))
+                assert read_response(f)[0] == 200
+            body = request("POST", "/v2/models/mnist-svm/infer", v2_body(digits[:64]))
+            for sock in socks:
+                sock.sendall(body * 8)  # about 160 ms of work queued
+            os.kill(worker, signal.SIGTERM)
+            closing = []
+            for f in files:
+                while line := f.readline():
+                    assert int(line.split()[1]) == 200
+                    headers = {}
+                    while (h := f.readline()) != b"\r\n":
+                        name, value = h.decode().split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                    reply = json.loads(f.read(int(headers["content-length"])))
+                    assert len(reply["outputs"][0]["data"]) == 64
+                    closing.append(headers["connection"])
+            assert "close" in closing, "the stop came after all the work"
+        finally:
+            for sock, f in zip(socks, files):
+                f.close()
+                sock.close()
+
+
+def test_worker_recycled_by_max_requests_closes_its_connection_cleanly(make_server) -> None:
+    import requests
+
+    with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--max-requests 5"}) as server:
+        first = server.worker_pids()
+        with requests.Session() as session:
+            statuses = [session.get(server.url + "/v2/health/ready", timeout=30).status_code
+                        for _ in range(12)]
+        assert statuses == [200] * 12
+        assert server.worker_pids() != first
+
+
+def test_unread_body_does_not_leak_into_the_next_request(server: Server) -> None:
+    """A 404 leaves its body unread. Up to 64 KiB, the worker drains it and
+    parses the next request on the connection; a larger one ends the
+    connection, but only after the 404 has arrived whole (no reset, as long
+    as the rest stays under the linger limit)."""
+    def unknown_model(size: int) -> bytes:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a" * size]}]}
+        return request("POST", "/v2/models/nope/infer", body)
+
+    with connect(server) as sock, sock.makefile("rb") as f:
+        sock.sendall(unknown_model(32 << 10) + request("GET", "/v2/models/mnist-svm/ready"))
+        assert read_response(f)[0] == 404
+        status, _, body = read_response(f)
+        assert (status, json.loads(body)["ready"]) == (200, True)
+    with connect(server) as sock, sock.makefile("rb") as f:
+        sock.sendall(unknown_model(512 << 10) + request("GET", "/v2/models/mnist-svm/ready"))
+        status, _, body = read_response(f)
+        assert status == 404 and "nope" in json.loads(body)["error"]
+        assert f.read() == b""  # then the end, not a second answer parsed from the body
+
+
+class _SlowToLoad:
+    """Unpickles slowly: its load keeps one worker busy for seconds."""
+
+    def __reduce__(self):
+        return (time.sleep, (4,))
+
+
+def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
+    """While one worker spends seconds on a load, requests on new connections
+    go to the free worker, as they would with gunicorn's sync worker."""
+    import pickle
+    import requests
+
+    with make_server(workers=2) as server:
+        (server.models / "slow.joblib").write_bytes(pickle.dumps(_SlowToLoad()))
+        wait_until(lambda: "slow" in server.index(), timeout=10)
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(requests.post, f"{server.url}/v2/repository/models/slow/load",
+                               timeout=30)
+            wait_until(lambda: server.index()["slow"]["state"] == "LOADING", timeout=10)
+            took = []
+            for _ in range(20):
+                started = time.monotonic()
+                assert server.get("/v2/health/ready").status_code == 200
+                took.append(time.monotonic() - started)
+            assert not load.done(), "the load ended before the requests did"
+            assert max(took) < 1.0, took
+            assert load.result(timeout=30).status_code == 400  # sleep() gives no model
