@@ -10,8 +10,10 @@ one request at a time, as the sync worker does. Model inference holds the GIL,
 so more threads in a worker would only queue requests behind a busy one.
 
 A connection belongs to the worker that accepted it, so a long request (a
-model load, a large batch) delays the next request on the same connection;
-others go to whichever worker is free, as with the sync worker.
+model load, a large batch) delays the next request on the same connection.
+New connections go to a free worker, as with the sync worker: a worker with
+requests waiting leaves them to the others for a few milliseconds, and a
+worker that accepts one answers its first request at once.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ IDLE_CHECK_INTERVAL = 0.5
 # unread bytes would make the kernel send a reset, which can destroy the last
 # response before the client reads it (RFC 9112, section 9.6).
 LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
 # Seconds a worker with requests waiting leaves a new connection to others.
 ACCEPT_DEFER = 0.005
 # Connections one worker accepts in one turn, at most.
@@ -45,7 +48,6 @@ ACCEPT_BURST = 64
 # Seconds a new connection's first request is waited for before the
 # connection joins the others in the poller.
 FIRST_REQUEST_WAIT = 0.005
-LINGER_BYTES = 1 << 20
 
 
 class Connection:
@@ -109,8 +111,8 @@ class KeepAliveWorker(base.Worker):
             self.poller.close()
 
     def turn(self, timeout: float) -> None:
-        """Take at most one new connection and serve at most one request,
-        waiting up to ``timeout`` seconds for something to do."""
+        """Take the new connections (see :meth:`take`) and serve the oldest
+        waiting request, waiting up to ``timeout`` seconds for something to do."""
         self.notify()
         pending = []
         for fd, _ in self.poller.poll(0 if self.waiting else timeout):
