@@ -35,6 +35,9 @@ class XGBoostRuntime(Runtime):
         self._objective = objective
         self._booster = model.get_booster()
         self._booster.set_param({"nthread": 1})
+        # An early-stopped model predicts with its best iteration, which the
+        # wrapper picks: it keeps the wrapper.
+        self._direct = objective in DIRECT_OBJECTIVES and booster.attr("best_iteration") is None
         self.n_features = booster.num_features()
         if is_classifier:
             self.labels = self.class_labels(getattr(model, "classes_", None))
@@ -46,8 +49,7 @@ class XGBoostRuntime(Runtime):
             self.signatures = {"predict": ("FP32", [-1, 1])}
 
     def predict(self, x: Any, outputs: list[str]) -> dict[str, np.ndarray]:
-        if self._objective not in DIRECT_OBJECTIVES or not isinstance(x, np.ndarray) \
-                or self._booster.attr("best_iteration") is not None:
+        if not (self._direct and isinstance(x, np.ndarray)):
             return {o: np.asarray(getattr(self._model, o)(x)) for o in outputs}
         # The booster's own fast path: the scikit-learn wrapper adds about
         # 75 µs a call (config contexts through the C API) to the same
