@@ -11,9 +11,10 @@ import time
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import ClientDisconnected
 
 from . import codec, compression, content, openapi
-from .errors import BadRequest, ModelNotFound, Unauthorized, json_response
+from .errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized, json_response
 from .metrics import Metrics
 from .registry import Registry
 from .store import Row
@@ -82,7 +83,7 @@ def infer(name: str, version: str | None = None) -> Response:
     request.environ["depot.model"] = name  # for the access log line
     row, runtime = registry().get_ready(name, version)
     with metrics().track(row.name, row.version) as track:
-        body = compression.decompress(request.get_data(),
+        body = compression.decompress(request_body(),
                                       request.headers.get("Content-Encoding"),
                                       current_app.config["MAX_CONTENT_LENGTH"])
         req = codec.decode_request(body, header_length())
@@ -112,6 +113,17 @@ def infer_response(row: Row, req: codec.InferenceRequest,
         response.set_data(compression.compress(payload, coding))
         response.headers["Content-Encoding"] = coding
     return response
+
+
+def request_body() -> bytes:
+    """The whole body. A client that stops sending it mid-way (the worker's
+    socket timeout, or a close) gets a 408 that ends the connection, rather
+    than werkzeug's generic 400 and a wait to drain what never comes."""
+    try:
+        return request.get_data()
+    except ClientDisconnected:
+        raise RequestTimeout("the request body stopped arriving before its "
+                             "Content-Length was reached") from None
 
 
 def header_length() -> int | None:
@@ -155,7 +167,7 @@ def control_body() -> dict[str, Any]:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             raise Unauthorized("repository calls need 'Authorization: Bearer <DEPOT_API_KEY>'")
-    return codec.parse_object(request.get_data())
+    return codec.parse_object(request_body())
 
 
 @bp.post("/v2/repository/index")

@@ -61,6 +61,12 @@ class Unauthorized(DepotError):
     headers = {"WWW-Authenticate": 'Bearer realm="depot"'}
 
 
+class RequestTimeout(DepotError):
+    """The client stopped sending its body mid-way; the connection ends."""
+
+    status = 408
+
+
 class PayloadTooLarge(DepotError):
     status = 413
 

@@ -203,6 +203,7 @@ class KeepAliveWorker(base.Worker):
         ready = select.poll()
         ready.register(sock, select.POLLIN)
         if ready.poll(FIRST_REQUEST_WAIT * 1000):
+            self.notify()  # a burst of accepts may serve many first requests in one turn
             self.serve(conn)
         return True
 
@@ -292,6 +293,10 @@ class KeepAliveWorker(base.Worker):
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
+            if resp.status_code == 408:
+                # The client stalled mid-body: what is left of it cannot be
+                # drained in time, so the answer ends the connection.
+                resp.force_close()
             try:
                 for item in respiter:
                     resp.write(item)

@@ -271,3 +271,19 @@ def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
             assert not load.done(), "the load ended before the requests did"
             assert max(took) < 1.0, took
             assert load.result(timeout=30).status_code == 400  # sleep() gives no model
+
+
+def test_a_body_that_stops_arriving_gets_408(make_server) -> None:
+    """The worker's socket timeout (half of gunicorn's) ends the read: a JSON
+    408 that closes the connection, no 500, no traceback in the log."""
+    with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--timeout 4"}) as server:
+        with connect(server) as sock, sock.makefile("rb") as f:
+            sock.sendall(b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: depot\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                         b'{"inputs": [')
+            status, headers, body = read_response(f)
+            assert (status, headers["connection"]) == (408, "close")
+            assert "stopped arriving" in json.loads(body)["error"]
+            assert closed_by_server(sock, timeout=10)
+        assert server.get("/v2/health/ready").status_code == 200
+        assert "Traceback" not in server.log.read_text()
