@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -36,6 +37,21 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0
             raise AssertionError(f"still {seen!r} after {timeout}s")
         time.sleep(every)
     return seen
+
+
+class _Sleep:
+    """Unpickles by sleeping, then is no model at all."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (time.sleep, (self.seconds,))
+
+
+def slow_artifact(seconds: float) -> bytes:
+    """A pickle whose load keeps a worker busy for ``seconds``, then fails."""
+    return pickle.dumps(_Sleep(seconds))
 
 
 def spread(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:

@@ -15,7 +15,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import output, v2_body, wait_until
+from conftest import output, slow_artifact, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
 KEY = "s3cret-key"
@@ -149,16 +149,9 @@ def test_sigkill_of_every_worker_loses_nothing(make_server, mushrooms, digits, m
             assert got.ravel().tolist() == mnist_model.predict(digits[:2]).tolist()
 
 
-class _SlowToLoad:
-    """Unpickles slowly: a load of it is in progress for seconds."""
-
-    def __reduce__(self):
-        return (time.sleep, (8,))
-
-
 def test_a_load_interrupted_by_a_crash_is_repaired(make_server):
     with make_server(workers=2, env={"DEPOT_RESCAN_INTERVAL": "0.5"}) as server:
-        (server.models / "slow.joblib").write_bytes(pickle.dumps(_SlowToLoad()))
+        (server.models / "slow.joblib").write_bytes(slow_artifact(8))
         wait_until(lambda: "slow" in server.index(), timeout=5)
         def load_slowly():
             try:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import requests
 
-from conftest import Server, v2_body, wait_until
+from conftest import Server, slow_artifact, v2_body, wait_until
 
 
 def connect(server: Server) -> socket.socket:
@@ -27,9 +30,13 @@ def request(method: str, path: str, body: dict | None = None, headers: str = "",
     return head.encode() + data
 
 
-def read_response(f) -> tuple[int, dict[str, str], bytes]:
-    """One response from a socket's file, reading no further than it."""
-    status = int(f.readline().split()[1])
+def read_response(f) -> tuple[int, dict[str, str], bytes] | None:
+    """One response from a socket's file, reading no further than it; None
+    when the server ended the connection instead."""
+    line = f.readline()
+    if not line:
+        return None
+    status = int(line.split()[1])
     headers = {}
     while (line := f.readline()) not in (b"\r\n", b""):
         name, value = line.decode().split(":", 1)
@@ -177,9 +184,6 @@ def owners(server: Server, client_port: int) -> list[int]:
 def test_requests_waiting_at_sigterm_are_answered(make_server, digits: np.ndarray) -> None:
     """A worker told to stop finishes the request in hand and the ones
     already waiting, whole, then ends each connection; no answer is cut."""
-    import os
-    import signal
-
     with make_server(workers=1) as server:
         (worker,) = server.worker_pids()
         socks = [connect(server) for _ in range(8)]
@@ -194,14 +198,10 @@ def test_requests_waiting_at_sigterm_are_answered(make_server, digits: np.ndarra
             os.kill(worker, signal.SIGTERM)
             closing = []
             for f in files:
-                while line := f.readline():
-                    assert int(line.split()[1]) == 200
-                    headers = {}
-                    while (h := f.readline()) != b"\r\n":
-                        name, value = h.decode().split(":", 1)
-                        headers[name.strip().lower()] = value.strip()
-                    reply = json.loads(f.read(int(headers["content-length"])))
-                    assert len(reply["outputs"][0]["data"]) == 64
+                while (answer := read_response(f)) is not None:
+                    status, headers, reply = answer
+                    assert status == 200
+                    assert len(json.loads(reply)["outputs"][0]["data"]) == 64
                     closing.append(headers["connection"])
             assert "close" in closing, "the stop came after all the work"
         finally:
@@ -211,8 +211,6 @@ def test_requests_waiting_at_sigterm_are_answered(make_server, digits: np.ndarra
 
 
 def test_worker_recycled_by_max_requests_closes_its_connection_cleanly(make_server) -> None:
-    import requests
-
     with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--max-requests 5"}) as server:
         first = server.worker_pids()
         with requests.Session() as session:
@@ -243,21 +241,11 @@ def test_unread_body_does_not_leak_into_the_next_request(server: Server) -> None
         assert f.read() == b""  # then the end, not a second answer parsed from the body
 
 
-class _SlowToLoad:
-    """Unpickles slowly: its load keeps one worker busy for seconds."""
-
-    def __reduce__(self):
-        return (time.sleep, (4,))
-
-
 def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
     """While one worker spends seconds on a load, requests on new connections
     go to the free worker, as they would with gunicorn's sync worker."""
-    import pickle
-    import requests
-
     with make_server(workers=2) as server:
-        (server.models / "slow.joblib").write_bytes(pickle.dumps(_SlowToLoad()))
+        (server.models / "slow.joblib").write_bytes(slow_artifact(4))
         wait_until(lambda: "slow" in server.index(), timeout=10)
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(requests.post, f"{server.url}/v2/repository/models/slow/load",
