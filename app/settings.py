@@ -88,15 +88,23 @@ class Settings:
     load_at_startup: bool = True
     api_key: str | None = None
     max_body_bytes: int = 64 << 20
+    #: seconds a request's head may take to arrive, from its first byte
+    header_timeout: float = 10.0
+    #: bytes a second a request's body must keep up once its head is in
+    min_body_rate: int = 64 << 10
     sync_interval: float = 0.05
     watch: bool = True
     rescan_interval: float = 5.0
+    #: seconds a control call waits for another one on the same model
+    lock_timeout: float = 10.0
     #: serve /metrics on this port too (from the master), besides the main one
     metrics_port: int | None = None
     log_level: str = "info"
     access_log: bool = True
     #: prometheus-client's multiprocess folder; gunicorn.conf.py sets it
     metrics_dir: Path | None = None
+    #: follow symlinks that lead outside the models folder (a trust boundary)
+    follow_symlinks: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -119,11 +127,15 @@ class Settings:
             load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool, True),
             api_key=env.get("DEPOT_API_KEY") or None,
             max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),
+            header_timeout=read("DEPOT_HEADER_TIMEOUT", parse_seconds, 10.0),
+            min_body_rate=read("DEPOT_MIN_BODY_RATE", parse_size, 64 << 10),
             sync_interval=read("DEPOT_SYNC_INTERVAL", parse_seconds, 0.05),
             watch=read("DEPOT_WATCH", parse_bool, True),
             rescan_interval=read("DEPOT_RESCAN_INTERVAL", parse_seconds, 5.0),
+            lock_timeout=read("DEPOT_LOCK_TIMEOUT", parse_seconds, 10.0),
             metrics_port=read("DEPOT_METRICS_PORT", parse_port, None),
             log_level=read("DEPOT_LOG_LEVEL", parse_log_level, "info"),
             access_log=read("DEPOT_ACCESS_LOG", parse_bool, True),
             metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),
+            follow_symlinks=read("DEPOT_FOLLOW_SYMLINKS", parse_bool, False),
         )

@@ -1,46 +1,60 @@
-"""A gunicorn worker that keeps connections alive on a single thread.
+"""A gunicorn worker that keeps connections alive on a single thread, and
+never waits for a client.
 
-gunicorn's sync worker closes every connection after one response and waits
-for the client's FIN before it takes the next; for a one-row request on one
-core that is about a third of the time. gthread keeps connections open, but
-hands every request from its poller to a thread pool and back. This worker
-does the poller's job and the request's on one thread: it waits on its
-listeners and its idle connections together and serves whichever is ready,
-one request at a time, as the sync worker does. Model inference holds the GIL,
-so more threads in a worker would only queue requests behind a busy one.
+gunicorn's sync worker closes every connection after one response and blocks
+on each client's bytes; gthread hands every request from its poller to a
+thread pool and back. This worker does the poller's job and the request's on
+one thread. It reads whatever each connection has delivered, without waiting
+for more, and keeps it in that connection's buffer; a request goes to the app
+only once it is whole (:mod:`app.framing` says when), and the answer is
+written as far as the client takes it, the rest when it can take more. A slow
+client therefore costs a socket and a buffer, never the worker: whoever is
+whole is served, one request at a time, oldest first. Model inference holds
+the GIL, so more threads would only queue requests behind a busy one.
+
+Deadlines apply to whole requests: the head must be in within
+``DEPOT_HEADER_TIMEOUT`` seconds of its first byte, and the body must keep up
+``DEPOT_MIN_BODY_RATE`` bytes a second after that; a client past either gets
+a 408 and is dropped. Idle connections close after gunicorn's ``keepalive``.
 
 A connection belongs to the worker that accepted it, so a long request (a
-model load, a large batch) delays the next request on the same connection.
-New connections go to a free worker, as with the sync worker: a worker with
-requests waiting leaves them to the others for a few milliseconds, and a
-worker that accepts one answers its first request at once.
+model load, a large batch) delays the requests queued in the same worker
+behind it. New connections go to a free worker, as with the sync worker: a
+worker with requests waiting leaves them to the others for a few
+milliseconds, and a worker that accepts one answers its first request at once.
 """
 from __future__ import annotations
 
 import errno
 import os
+import resource
 import select
 import socket
-import sys
+import threading
 import time
 from datetime import datetime
 
+import orjson
 from gunicorn import http, util
+from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 from gunicorn.workers import base
 
-# How long a request may stall mid-read or mid-write before its connection is
-# dropped: well inside gunicorn's worker timeout, so the arbiter never has to
-# kill a worker for one slow client.
-IO_TIMEOUT_FRACTION = 0.5
-# Seconds between sweeps for connections kept alive past gunicorn's keepalive.
-IDLE_CHECK_INTERVAL = 0.5
+from .framing import Framed, Malformed, RequestFramer
+from .settings import Settings
+
+# Bytes asked of the kernel per recv(), and read from one connection per turn
+# at most, so one fast sender cannot keep the worker from the others.
+RECV_SIZE = 256 << 10
+READ_PER_TURN = 4 << 20
 # A connection the server ends is half-closed first, and what the client still
 # sends is read and dropped, up to this many seconds and bytes: closing with
 # unread bytes would make the kernel send a reset, which can destroy the last
 # response before the client reads it (RFC 9112, section 9.6).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
+# Seconds between checks of every connection's deadlines.
+SWEEP_INTERVAL = 0.25
 # Seconds a worker with requests waiting leaves a new connection to others.
 ACCEPT_DEFER = 0.005
 # Connections one worker accepts in one turn, at most.
@@ -48,30 +62,201 @@ ACCEPT_BURST = 64
 # Seconds a new connection's first request is waited for before the
 # connection joins the others in the poller.
 FIRST_REQUEST_WAIT = 0.005
+# Seconds a worker stops accepting when the process is out of descriptors.
+DESCRIPTOR_BACKOFF = 0.5
+# Descriptors kept free for everything but connections: model files, the
+# state database, metrics files, the watcher, logs.
+RESERVED_DESCRIPTORS = 64
+# How often a worker looks for its master, and how long it then has to
+# finish before it exits anyway (a load in hand must not keep the port).
+PARENT_CHECK = 0.5
+ORPHAN_GRACE = 3.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# gunicorn's parse errors that are not a plain 400.
+STATUS_OF_PARSE_ERROR = {
+    http_errors.LimitRequestLine: 414,
+    http_errors.LimitRequestHeaders: 431,
+    http_errors.UnsupportedTransferCoding: 501,
+    http_errors.ExpectationFailed: 417,
+    http_errors.ForbiddenProxyRequest: 403,
+    http_errors.ConfigurationProblem: 500,
+}
+REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
+           413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           501: "Not Implemented"}
+
+
+def error_response(status: int, message: str) -> bytes:
+    """A complete JSON error answer that ends its connection."""
+    body = orjson.dumps({"error": message})
+    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode("latin-1") + body
+
+
+def connection_limit(configured: int, is_default: bool) -> int:
+    """Connections one worker may hold: what the descriptor limit leaves
+    after the descriptors open now and a reserve. gunicorn's default of 1000
+    is only a guess, so the limit replaces it; a value set on purpose is
+    kept when the descriptors allow it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 32
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    room = max(1, soft - open_now - RESERVED_DESCRIPTORS)
+    return room if is_default else max(1, min(configured, room))
 
 
 class Connection:
-    """One client connection: its socket, its parser and when it goes idle."""
+    """One client connection: what it has sent that is not served yet, what
+    is still to be written to it, and the clock of its current request.
 
-    __slots__ = ("sock", "client", "server", "parser", "idle_since", "lingering", "drained")
+    gunicorn's response writes to it as if it were the socket: the bytes
+    join :attr:`out`, and the worker sends them when the socket takes them.
+    """
 
-    def __init__(self, sock: socket.socket, client, server, cfg) -> None:
+    __slots__ = ("sock", "client", "server", "inbuf", "out", "framer", "framed",
+                 "started", "head_at", "idle_since", "written_at", "eof", "closing",
+                 "lingering", "drained", "mask")
+
+    def __init__(self, sock: socket.socket, client, server, framer: RequestFramer) -> None:
+        now = time.monotonic()
         self.sock = sock
         self.client = client
         self.server = server
-        self.parser = http.get_parser(cfg, sock, client)
-        self.idle_since = time.monotonic()
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.framer = framer
+        self.framed: Framed | None = None
+        self.started = now      # when the current request's first byte came
+        self.head_at = 0.0      # when its head was whole (0: not yet)
+        self.idle_since = now
+        self.written_at = now
+        self.eof = False        # the client has closed its side
+        self.closing = False    # end the connection once `out` is written
         self.lingering = False
         self.drained = 0
+        self.mask = 0
 
-    def buffered(self) -> bool:
-        """Whether a pipelined request already sits in the parser's buffer,
-        where the poller cannot see it."""
-        return self.parser.unreader.buf.seek(0, os.SEEK_END) > 0
+    # -- what gunicorn's response calls -----------------------------------
+
+    def sendall(self, data: bytes) -> None:
+        self.out += data
+
+    def send(self, data: bytes) -> int:
+        """gunicorn sends ``100 Continue`` when it parses a request that asks
+        for it; by then the body is all here, and the framing step has sent
+        one if the client was waiting for it."""
+        if data != CONTINUE:
+            self.out += data
+        return len(data)
+
+    # -- reading ------------------------------------------------------------
+
+    def receive(self) -> None:
+        """Read what the kernel holds for this connection, without waiting."""
+        got = 0
+        while got < READ_PER_TURN:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            if not self.inbuf:
+                self.started = time.monotonic()
+            self.inbuf += data
+            got += len(data)
+
+    def frame(self) -> Framed | None:
+        """The first request buffered, once it is whole (raises Malformed)."""
+        if self.framed is None and self.inbuf:
+            self.framed = self.framer.feed(self.inbuf)
+            if self.framed is None and self.framer.in_body and not self.head_at:
+                self.head_at = time.monotonic()
+                if self.framer.expects_continue:
+                    self.out += CONTINUE
+        return self.framed
+
+    def take_request(self) -> tuple[bytes, Framed]:
+        framed = self.framed
+        assert framed is not None
+        data = bytes(self.inbuf[:framed.length])
+        del self.inbuf[:framed.length]
+        self.framed = None
+        self.framer.reset()
+        self.started = time.monotonic()
+        self.head_at = 0.0
+        return data, framed
+
+    def overdue(self, now: float, header_timeout: float, min_rate: float) -> str | None:
+        """Why the request being received has run out of time, if it has."""
+        if self.framed is not None or not self.inbuf:
+            return None
+        if not self.head_at:
+            if now - self.started > header_timeout:
+                return (f"the request head was not complete after {header_timeout:g} s "
+                        "(DEPOT_HEADER_TIMEOUT)")
+            return None
+        allowed = header_timeout + self.framer.body_received(len(self.inbuf)) / min_rate
+        if now - self.head_at > allowed:
+            return (f"the request body arrived slower than {min_rate:g} bytes/s "
+                    "(DEPOT_MIN_BODY_RATE)")
+        return None
+
+    # -- writing ------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write what the socket takes now; whether everything is written.
+        Raises OSError when the client has gone."""
+        while self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return False
+            del self.out[:sent]
+            self.written_at = time.monotonic()
+        return True
+
+    def wanted(self, read_limit: int) -> int:
+        """The poller events this connection waits for now: output first (a
+        client that does not read its answers is not read from either), and
+        no more input while a full request's worth is buffered."""
+        if self.out and not self.lingering:
+            return select.EPOLLOUT
+        if self.eof or len(self.inbuf) > read_limit:
+            return 0
+        return select.EPOLLIN
+
+    def idle_has_data(self) -> bool:
+        """Whether bytes arrived since the poller last looked: a connection
+        the sweep finds idle may have been written to during a long request."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # let the read find out what happened
+
+
+class BufferedResponse(wsgi.Response):
+    """gunicorn's response, minus sendfile: the body joins the connection's
+    output buffer like everything else."""
+
+    def can_sendfile(self) -> bool:
+        return False
 
 
 class KeepAliveWorker(base.Worker):
-    """Serves HTTP/1.1 keep-alive connections one request at a time."""
+    """Serves HTTP/1.1 keep-alive connections one whole request at a time."""
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
@@ -80,17 +265,29 @@ class KeepAliveWorker(base.Worker):
                                "terminate TLS in front of it or use the sync worker")
 
     def init_process(self) -> None:
+        settings = Settings.from_env()
+        self.header_timeout = settings.header_timeout
+        self.min_body_rate = float(settings.min_body_rate)
+        self.max_body = settings.max_body_bytes
+        cfg = self.cfg
+        self.max_head = (cfg.limit_request_line or 8190) + \
+            (cfg.limit_request_fields or 100) * ((cfg.limit_request_field_size or 8190) + 2) + 4
+        self.read_limit = self.max_head + self.max_body
+        self.write_timeout = max(1.0, self.timeout * 0.5) if self.timeout else 30.0
+        setting = cfg.settings["worker_connections"]
+        self.max_connections = connection_limit(cfg.worker_connections,
+                                                setting.value == setting.default)
         self.poller = select.epoll()
         self.listeners = {listener.fileno(): listener for listener in self.sockets}
         self.connections: dict[int, Connection] = {}
-        # Connections with a request waiting, oldest first (a dict as an
-        # ordered set). One request is served per turn of the poller, so a
-        # request waits behind those that came before it, and no longer.
+        # Connections with a whole request waiting, oldest first (a dict as
+        # an ordered set). One request is served per turn of the poller, so
+        # a request waits behind those that came before it, and no longer.
         self.waiting: dict[Connection, None] = {}
         self.accepting = False
-        self.next_idle_check = 0.0
+        self.accept_paused_until = 0.0
+        self.next_sweep = 0.0
         self.deferred_since: float | None = None
-        self.io_timeout = max(1.0, self.timeout * IO_TIMEOUT_FRACTION) if self.timeout else None
         super().init_process()
 
     def run(self) -> None:
@@ -98,6 +295,7 @@ class KeepAliveWorker(base.Worker):
         for listener in self.sockets:
             listener.setblocking(False)
         self.set_accepting(True)
+        threading.Thread(target=self.watch_parent, name="depot-parent", daemon=True).start()
         try:
             while self.alive:
                 self.turn(1.0)
@@ -110,29 +308,75 @@ class KeepAliveWorker(base.Worker):
                 self.close(conn)
             self.poller.close()
 
+    def watch_parent(self) -> None:
+        """Exit soon after the master dies, even in the middle of a long
+        request: an orphan would keep the port, and a restarted master could
+        not bind it."""
+        while os.getppid() == self.ppid:
+            time.sleep(PARENT_CHECK)
+        self.alive = False
+        try:
+            os.write(self.PIPE[1], b".")  # wake the poller
+        except OSError:
+            pass
+        time.sleep(ORPHAN_GRACE)
+        self.log.warning("Master %s is gone; worker %s exits", self.ppid, self.pid)
+        os._exit(1)
+
     def turn(self, timeout: float) -> None:
-        """Take the new connections (see :meth:`take`) and serve the oldest
-        waiting request, waiting up to ``timeout`` seconds for something to do."""
+        """Read what has arrived, take new connections (see :meth:`take`)
+        and serve the oldest whole request, waiting up to ``timeout``
+        seconds for something to do."""
         self.notify()
+        now = time.monotonic()
+        wait = 0 if self.waiting else max(0.0, min(timeout, self.next_sweep - now))
         pending = []
-        for fd, _ in self.poller.poll(0 if self.waiting else timeout):
+        for fd, events in self.poller.poll(wait):
             conn = self.connections.get(fd)
-            if conn is not None and conn.lingering:
-                self.drain(conn)
-            elif conn is not None:
-                self.waiting.setdefault(conn)
+            if conn is not None:
+                self.on_events(conn, events)
             elif fd == self.PIPE[0]:
                 self.drain_pipe()
             else:
                 pending.append(self.listeners[fd])
         self.take(pending, busy=bool(self.waiting))
-        # Before serving, which may take long: readiness is fresh now.
-        if time.monotonic() >= self.next_idle_check:
-            self.close_idle()
+        if time.monotonic() >= self.next_sweep:
+            self.sweep()
         if self.waiting:
             conn = next(iter(self.waiting))
             del self.waiting[conn]
             self.serve(conn)
+
+    def on_events(self, conn: Connection, events: int) -> None:
+        if conn.lingering:
+            self.drain(conn)
+            return
+        if events & select.EPOLLOUT:
+            self.write(conn)
+            if conn.sock.fileno() < 0 or conn.lingering:
+                return
+        if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            conn.receive()
+            self.advance(conn)
+
+    def advance(self, conn: Connection) -> None:
+        """Queue the connection if its next request is whole; refuse it if
+        it can never be; close it if the client left half-way."""
+        if not conn.out or conn.framed is not None:
+            try:
+                framed = conn.frame()
+            except Malformed as e:
+                self.refuse(conn, e.status, e.message)
+                return
+            if framed is not None:
+                self.waiting.setdefault(conn)
+            elif conn.eof:
+                self.close(conn)
+                return
+            elif conn.out:  # 100 Continue
+                self.write(conn)
+                return
+        self.update(conn)
 
     def take(self, listeners: list, busy: bool) -> None:
         """Accept the connections waiting, unless this worker has requests
@@ -156,14 +400,19 @@ class KeepAliveWorker(base.Worker):
                     break
 
     def finish(self) -> None:
-        """On the way out, answer the requests already sent, each with
-        ``Connection: close``, within gunicorn's graceful timeout."""
+        """On the way out, answer every request already begun, each with
+        ``Connection: close``, within gunicorn's graceful timeout; idle
+        connections end at once."""
         self.alive = False
         self.set_accepting(False)
         deadline = time.monotonic() + self.cfg.graceful_timeout
         self.turn(0)
-        while self.waiting and time.monotonic() < deadline:
-            self.turn(0)
+        for conn in list(self.connections.values()):
+            if not (conn.lingering or conn.inbuf or conn.out or conn in self.waiting):
+                self.linger(conn)
+        while time.monotonic() < deadline and any(
+                not c.lingering and (c.inbuf or c.out) for c in self.connections.values()):
+            self.turn(0.05)
 
     def drain_pipe(self) -> None:
         """Empty the pipe a signal wrote to, which woke the poller."""
@@ -184,37 +433,129 @@ class KeepAliveWorker(base.Worker):
 
     def accept(self, listener) -> bool:
         """Take one new connection, if another worker has not, and serve its
-        first request at once if it comes within ``FIRST_REQUEST_WAIT``: as
-        with the sync worker, a worker that takes a connection is free to
+        first request at once if it is whole within ``FIRST_REQUEST_WAIT``:
+        as with the sync worker, a worker that takes a connection is free to
         answer it, and other connections go to other workers meanwhile."""
         try:
             sock, client = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+            if e.errno == errno.ECONNABORTED:
+                return False
+            if e.errno in NO_DESCRIPTORS:
+                self.pause_accepting(e)
                 return False
             raise
         util.close_on_exec(sock)
-        sock.settimeout(self.io_timeout)
-        conn = Connection(sock, client, listener.getsockname(), self.cfg)
+        sock.setblocking(False)
+        conn = Connection(sock, client, listener.getsockname(),
+                          RequestFramer(self.max_head, self.max_body))
         self.connections[sock.fileno()] = conn
         self.poller.register(sock, select.EPOLLIN)
-        if len(self.connections) >= self.cfg.worker_connections:
+        conn.mask = select.EPOLLIN
+        if len(self.connections) >= self.max_connections:
             self.set_accepting(False)
         ready = select.poll()
         ready.register(sock, select.POLLIN)
         if ready.poll(FIRST_REQUEST_WAIT * 1000):
-            self.notify()  # a burst of accepts may serve many first requests in one turn
-            self.serve(conn)
+            conn.receive()
+            self.advance(conn)
+            if conn in self.waiting:
+                del self.waiting[conn]
+                self.notify()  # a burst of accepts may serve many first requests in one turn
+                self.serve(conn)
         return True
 
+    def pause_accepting(self, error: OSError) -> None:
+        """Out of descriptors: stop accepting for a moment, keep serving the
+        connections already open, and try again."""
+        self.log.warning("Cannot accept connections (%s); pausing %g s with %d open",
+                         os.strerror(error.errno), DESCRIPTOR_BACKOFF, len(self.connections))
+        self.set_accepting(False)
+        self.accept_paused_until = time.monotonic() + DESCRIPTOR_BACKOFF
+
     def serve(self, conn: Connection) -> None:
-        if not (self.handle(conn) and self.alive):
-            self.linger(conn)
-            return
+        data, framed = conn.take_request()
+        keep = self.handle(conn, data) and self.alive and not framed.close
         conn.idle_since = time.monotonic()
-        if conn.buffered():
-            # A pipelined request the poller cannot see: it waits its turn.
-            self.waiting.setdefault(conn)
+        if not keep:
+            conn.closing = True
+        self.write(conn)
+        if keep and conn.sock.fileno() >= 0:
+            self.advance(conn)  # a pipelined request may be whole already
+
+    def write(self, conn: Connection) -> None:
+        """Send what the client takes; end the connection once everything
+        is written, if it is to end."""
+        try:
+            done = conn.flush()
+        except OSError:
+            self.close(conn)
+            return
+        if done and conn.closing:
+            self.linger(conn)
+        else:
+            self.update(conn)
+
+    def refuse(self, conn: Connection, status: int, message: str) -> None:
+        """Answer a request that cannot be served with a JSON error, and end
+        the connection: where its next request would start is unknown."""
+        self.log.warning("Refused request from %s: %d %s", self.peer(conn), status, message)
+        conn.inbuf.clear()
+        conn.framed = None
+        conn.out += error_response(status, message)
+        conn.closing = True
+        self.write(conn)
+
+    def update(self, conn: Connection) -> None:
+        """Tell the poller what this connection now waits for."""
+        mask = select.EPOLLIN if conn.lingering else conn.wanted(self.read_limit)
+        if mask == conn.mask:
+            return
+        try:
+            self.poller.modify(conn.sock, mask)
+        except (OSError, ValueError):
+            self.close(conn)
+            return
+        conn.mask = mask
+
+    def sweep(self) -> None:
+        """Enforce every connection's deadlines: the request being received
+        (408), the answer being written, keep-alive and linger."""
+        now = time.monotonic()
+        self.next_sweep = now + SWEEP_INTERVAL
+        if (not self.accepting and self.alive and now >= self.accept_paused_until
+                and len(self.connections) < self.max_connections):
+            self.set_accepting(True)
+        idle, lingered = now - self.cfg.keepalive, now - LINGER_SECONDS
+        for conn in list(self.connections.values()):
+            if conn.lingering:
+                if conn.idle_since < lingered:
+                    self.close(conn)
+            elif conn.out:
+                if now - conn.written_at > self.write_timeout:
+                    self.log.info("Dropped %s: it took no output for %g s",
+                                  self.peer(conn), self.write_timeout)
+                    self.close(conn)
+            elif conn in self.waiting:
+                continue
+            elif conn.overdue(now, self.header_timeout, self.min_body_rate) is not None:
+                # The worker may have been busy while the client sent the
+                # rest: only bytes that truly have not come count against it.
+                conn.receive()
+                self.advance(conn)
+                if conn in self.waiting or conn.lingering or conn.sock.fileno() < 0:
+                    continue
+                why = conn.overdue(now, self.header_timeout, self.min_body_rate)
+                if why is not None:
+                    self.refuse(conn, 408, why)
+            elif not conn.inbuf and conn.idle_since < idle:
+                if conn.idle_has_data():
+                    conn.receive()  # written to while this worker was busy: not idle
+                    self.advance(conn)
+                else:
+                    self.linger(conn)
 
     def linger(self, conn: Connection) -> None:
         """End a connection without a reset: half-close it, then let the
@@ -225,12 +566,15 @@ class KeepAliveWorker(base.Worker):
             self.close(conn)
             return
         conn.lingering = True
+        conn.inbuf.clear()
         conn.idle_since = time.monotonic()
+        self.waiting.pop(conn, None)
+        self.update(conn)
 
     def drain(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
@@ -238,44 +582,36 @@ class KeepAliveWorker(base.Worker):
         if not data or conn.drained > LINGER_BYTES:
             self.close(conn)
 
-    def close_idle(self) -> None:
-        """Close connections quiet for longer than gunicorn's ``keepalive``;
-        one with a request waiting is not quiet, however long it waited."""
-        now = time.monotonic()
-        self.next_idle_check = now + IDLE_CHECK_INTERVAL
-        idle, lingered = now - self.cfg.keepalive, now - LINGER_SECONDS
-        for conn in [c for c in self.connections.values() if c not in self.waiting and
-                     c.idle_since < (lingered if c.lingering else idle)]:
-            self.close(conn)
-
     def close(self, conn: Connection) -> None:
-        self.connections.pop(conn.sock.fileno(), None)
+        if self.connections.pop(conn.sock.fileno(), None) is None:
+            return
         self.waiting.pop(conn, None)
         try:
             self.poller.unregister(conn.sock)
         except (OSError, ValueError):
             pass
         util.close(conn.sock)
-        if self.alive and len(self.connections) < self.cfg.worker_connections:
+        if (self.alive and not self.accepting and len(self.connections) < self.max_connections
+                and time.monotonic() >= self.accept_paused_until):
             self.set_accepting(True)
 
-    def handle(self, conn: Connection) -> bool:
-        """Serve one request; whether the connection may carry another."""
+    @staticmethod
+    def peer(conn: Connection) -> str:
+        client = conn.client
+        return f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+
+    # -- one request --------------------------------------------------------
+
+    def handle(self, conn: Connection, data: bytes) -> bool:
+        """Serve one whole request; whether the connection may carry another."""
         req = None
         try:
-            req = next(conn.parser)
-            if not req:
-                return False
-            return self.handle_request(req, conn) and bool(
-                conn.parser.finish_body(deadline=time.monotonic() + (self.io_timeout or 5.0)))
-        except (http.errors.NoMoreData, StopIteration, TimeoutError):
-            return False
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                self.log.exception("Socket error processing request.")
+            req = next(http.RequestParser(self.cfg, [data], conn.client))
+            return self.handle_request(req, conn)
+        except (http_errors.NoMoreData, StopIteration):
             return False
         except Exception as e:
-            self.handle_error(req, conn.sock, conn.client, e)
+            self.handle_error(req, conn, conn.client, e)
             return False
 
     def handle_request(self, req, conn: Connection) -> bool:
@@ -284,7 +620,8 @@ class KeepAliveWorker(base.Worker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
-            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            resp, environ = wsgi.create(req, conn, conn.client, conn.server, self.cfg,
+                                        response_class=BufferedResponse)
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:
@@ -293,10 +630,6 @@ class KeepAliveWorker(base.Worker):
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
-            if resp.status_code == 408:
-                # The client stalled mid-body: what is left of it cannot be
-                # drained in time, so the answer ends the connection.
-                resp.force_close()
             try:
                 for item in respiter:
                     resp.write(item)
@@ -306,8 +639,6 @@ class KeepAliveWorker(base.Worker):
                 if hasattr(respiter, "close"):
                     respiter.close()
             return not resp.should_close()
-        except OSError:
-            util.reraise(*sys.exc_info())
         except (Exception, SystemExit):
             if resp and resp.headers_sent:
                 # Half a response is out: the connection cannot carry a 500.
@@ -319,3 +650,22 @@ class KeepAliveWorker(base.Worker):
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:
                 self.log.exception("Exception in post_request hook")
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn's parse errors as Depot's JSON errors, with the status
+        gunicorn gives them; a traceback only for what is not the client's."""
+        if isinstance(exc, http_errors.ParseException) and not isinstance(
+                exc, (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)):
+            status = next((code for kind, code in STATUS_OF_PARSE_ERROR.items()
+                           if isinstance(exc, kind)), 400)
+            message = f"{type(exc).__name__}: {exc}"
+            self.log.warning("Invalid request from %s: %s", addr and addr[0], message)
+        else:
+            status, message = 500, "internal error"
+            self.log.exception("Error handling request %s", getattr(req, "uri", "(no URI read)"))
+        if req is not None:
+            environ = wsgi.default_environ(req, client, self.cfg)
+            resp = wsgi.Response(req, client, self.cfg)
+            resp.status = f"{status} {REASONS.get(status, 'Error')}"
+            self.log.access(resp, req, environ, datetime.now() - datetime.now())
+        client.sendall(error_response(status, message))

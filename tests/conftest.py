@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import resource
 import shutil
 import signal
 import socket
@@ -112,14 +113,17 @@ def _ready(server: Server) -> bool:
 
 @contextlib.contextmanager
 def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
-               models: Path | None = MODELS, wait: bool = True) -> Iterator[Server]:
+               models: Path | None = MODELS, wait: bool = True,
+               port: int | None = None, nofile: int | None = None) -> Iterator[Server]:
+    """A server on ``port`` (else a free one); ``nofile`` caps its open
+    descriptors (RLIMIT_NOFILE) from the start."""
     folder = tmp / "models"
     if models is not None:
         shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     folder.mkdir(exist_ok=True)
     state = tmp / "state"
     log = tmp / "server.log"
-    port = free_port()
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEPOT_")}
     full_env.update({"DEPOT_MODELS": str(folder), "DEPOT_STATE_DIR": str(state)}, **(env or {}))
     with open(log, "wb") as out:
@@ -128,6 +132,8 @@ def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
              "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
             cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+            if nofile else None,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, folder, state, log)
     try:

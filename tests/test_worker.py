@@ -6,50 +6,16 @@ import http.client
 import json
 import os
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 
 from conftest import Server, slow_artifact, v2_body, wait_until
-
-
-def connect(server: Server) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
-
-
-def request(method: str, path: str, body: dict | None = None, headers: str = "",
-            version: str = "HTTP/1.1") -> bytes:
-    data = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} {path} {version}\r\nHost: depot\r\n{headers}"
-            f"Content-Length: {len(data)}\r\nContent-Type: application/json\r\n\r\n")
-    return head.encode() + data
-
-
-def read_response(f) -> tuple[int, dict[str, str], bytes] | None:
-    """One response from a socket's file, reading no further than it; None
-    when the server ended the connection instead."""
-    line = f.readline()
-    if not line:
-        return None
-    status = int(line.split()[1])
-    headers = {}
-    while (line := f.readline()) not in (b"\r\n", b""):
-        name, value = line.decode().split(":", 1)
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, f.read(int(headers["content-length"]))
-
-
-def closed_by_server(sock: socket.socket, timeout: float) -> bool:
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
+from rawhttp import closed_by_server, connect, owners, read_response, request
 
 
 def test_connection_is_kept_across_requests(server: Server, digits: np.ndarray, mnist_model) -> None:
@@ -121,17 +87,21 @@ def test_idle_connection_is_closed_after_keepalive(make_server) -> None:
 
 def test_stalled_client_is_dropped_and_others_are_served(make_server, tmp_path: Path) -> None:
     """One worker, a client that stops half-way through its headers: the
-    worker gives up on it after half of gunicorn's timeout, before the arbiter
-    would kill it, and answers the request that queued meanwhile."""
-    with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--timeout 4"}) as server:
+    worker answers the request that came meanwhile at once, and gives up on
+    the stalled one at DEPOT_HEADER_TIMEOUT with a 408."""
+    with make_server(workers=1, env={"DEPOT_HEADER_TIMEOUT": "2",
+                                     "GUNICORN_CMD_ARGS": "--timeout 4"}) as server:
         worker = server.worker_pids()
-        with connect(server) as stalled:
+        with connect(server) as stalled, stalled.makefile("rb") as f:
             stalled.sendall(b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: dep")
-            # Accepted, with bytes waiting: the worker's next turn reads it.
+            started = time.monotonic()
             wait_until(lambda: owners(server, stalled.getsockname()[1]) == list(worker), timeout=10)
-            with ThreadPoolExecutor(1) as pool:
-                other = pool.submit(server.get, "/v2/health/ready")
-                assert other.result(timeout=20).status_code == 200
+            other = server.get("/v2/health/ready")
+            assert other.status_code == 200 and other.elapsed.total_seconds() < 1
+            status, headers, body = read_response(f)
+            assert (status, headers["connection"]) == (408, "close")
+            assert "DEPOT_HEADER_TIMEOUT" in json.loads(body)["error"]
+            assert 1.5 < time.monotonic() - started < 6
             assert closed_by_server(stalled, timeout=10)
         assert server.worker_pids() == worker
         assert "WORKER TIMEOUT" not in server.log.read_text()
@@ -158,27 +128,6 @@ def test_concurrent_kept_connections_spread_over_workers(server: Server, digits:
     with ThreadPoolExecutor(16) as pool:
         holders = set(sum(pool.map(client, range(16)), []))
     assert len(holders) >= 2, f"all 16 connections were served by {holders}"
-
-
-def owners(server: Server, client_port: int) -> list[int]:
-    """The worker pids holding the server end of the connection from ``client_port``."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote_port = int(fields[2].split(":")[1], 16)
-        if remote_port == client_port:
-            inodes.add(fields[9])
-    found = []
-    for pid in server.worker_pids():
-        fds = Path(f"/proc/{pid}/fd")
-        for fd in fds.iterdir():
-            try:
-                target = fd.readlink().name
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                found.append(pid)
-    return found
 
 
 def test_requests_waiting_at_sigterm_are_answered(make_server, digits: np.ndarray) -> None:
@@ -220,25 +169,19 @@ def test_worker_recycled_by_max_requests_closes_its_connection_cleanly(make_serv
         assert server.worker_pids() != first
 
 
-def test_unread_body_does_not_leak_into_the_next_request(server: Server) -> None:
-    """A 404 leaves its body unread. Up to 64 KiB, the worker drains it and
-    parses the next request on the connection; a larger one ends the
-    connection, but only after the 404 has arrived whole (no reset, as long
-    as the rest stays under the linger limit)."""
-    def unknown_model(size: int) -> bytes:
-        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a" * size]}]}
-        return request("POST", "/v2/models/nope/infer", body)
-
+@pytest.mark.parametrize("size", [32 << 10, 4 << 20])
+def test_unread_body_does_not_leak_into_the_next_request(server: Server, size: int) -> None:
+    """A 404 leaves its body unread by the app. The worker framed the whole
+    request before the app saw it, so the next request on the connection is
+    parsed from where it starts, whatever the body's size."""
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a" * size]}]}
     with connect(server) as sock, sock.makefile("rb") as f:
-        sock.sendall(unknown_model(32 << 10) + request("GET", "/v2/models/mnist-svm/ready"))
-        assert read_response(f)[0] == 404
-        status, _, body = read_response(f)
-        assert (status, json.loads(body)["ready"]) == (200, True)
-    with connect(server) as sock, sock.makefile("rb") as f:
-        sock.sendall(unknown_model(512 << 10) + request("GET", "/v2/models/mnist-svm/ready"))
-        status, _, body = read_response(f)
-        assert status == 404 and "nope" in json.loads(body)["error"]
-        assert f.read() == b""  # then the end, not a second answer parsed from the body
+        sock.sendall(request("POST", "/v2/models/nope/infer", body)
+                     + request("GET", "/v2/models/mnist-svm/ready"))
+        status, _, reply = read_response(f)
+        assert status == 404 and "nope" in json.loads(reply)["error"]
+        status, _, reply = read_response(f)
+        assert (status, json.loads(reply)["ready"]) == (200, True)
 
 
 def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
@@ -262,16 +205,16 @@ def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
 
 
 def test_a_body_that_stops_arriving_gets_408(make_server) -> None:
-    """The worker's socket timeout (half of gunicorn's) ends the read: a JSON
-    408 that closes the connection, no 500, no traceback in the log."""
-    with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--timeout 4"}) as server:
+    """A body that falls behind DEPOT_MIN_BODY_RATE ends in a JSON 408 that
+    closes the connection: no 500, no traceback in the log."""
+    with make_server(workers=1, env={"DEPOT_HEADER_TIMEOUT": "1"}) as server:
         with connect(server) as sock, sock.makefile("rb") as f:
             sock.sendall(b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: depot\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                          b'{"inputs": [')
             status, headers, body = read_response(f)
             assert (status, headers["connection"]) == (408, "close")
-            assert "stopped arriving" in json.loads(body)["error"]
+            assert "DEPOT_MIN_BODY_RATE" in json.loads(body)["error"]
             assert closed_by_server(sock, timeout=10)
         assert server.get("/v2/health/ready").status_code == 200
         assert "Traceback" not in server.log.read_text()
