@@ -94,6 +94,12 @@ def post_worker_init(worker):
         watcher.start_election(registry)
 
 
+def post_fork(server, worker):
+    """Allocate the new worker's metrics files before anything counts, so a
+    full state folder cannot SIGBUS it later (app/metrics.py)."""
+    server.app.wsgi().extensions["depot.metrics"].reserve()
+
+
 def child_exit(server, worker):
     """A dead worker's live gauges go with it; its counters stay counted."""
     from prometheus_client import multiprocess

@@ -53,8 +53,9 @@ def live() -> Response:
 
 @bp.get("/v2/health/ready")
 def ready() -> Response:
-    if not registry().server_ready():
-        return json_response({"ready": False}, 503)
+    problem = registry().unready_reason()
+    if problem is not None:
+        return json_response({"ready": False, "error": problem}, 503)
     return json_response({"ready": True})
 
 

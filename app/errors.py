@@ -56,6 +56,29 @@ class LoadFailed(DepotError):
     status = 400
 
 
+class ModelBusy(DepotError):
+    """Another load or unload of the model held its lock past DEPOT_LOCK_TIMEOUT.
+
+    409 rather than a wait without end: a loader that hangs (or is stopped)
+    must not take every worker that calls after it down with it.
+    """
+
+    status = 409
+
+
+class InsufficientStorage(DepotError):
+    """The state folder is full: the write was refused and nothing changed."""
+
+    status = 507
+
+
+class StateUnavailable(DepotError):
+    """The state folder cannot be trusted or written: it is read-only, or
+    its database was deleted or replaced while Depot ran."""
+
+    status = 503
+
+
 class Unauthorized(DepotError):
     status = 401
     headers = {"WWW-Authenticate": 'Bearer realm="depot"'}

@@ -4,17 +4,37 @@ gunicorn runs several processes, so the counters live in prometheus-client's
 multiprocess files (one set per process, memory-mapped, summed when read).
 The same numbers serve Triton's statistics extension (``/v2/models/stats``)
 and Prometheus (``/metrics``), so the two can never disagree.
+
+prometheus-client makes those files by truncating them, which leaves them
+sparse: on a full state folder, the first write to a page with no block behind
+it is a SIGBUS that kills the worker. So each worker allocates its files first
+(:meth:`Metrics.reserve`); a worker that cannot counts nothing, and serves on.
 """
 from __future__ import annotations
 
+import logging
+import os
+import struct
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
 
+log = logging.getLogger("depot.metrics")
+
 LABELS = ("model", "version")
 PHASES = ("input", "infer", "output")  # decode, predict, encode: Triton's compute_*
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAST_MODE = "max"  # the last-inference gauge's multiprocess mode
+#: the files prometheus_client.values names ``{prefix}_{pid}.db``: one per type
+#: of metric Depot declares, gauges by their multiprocess mode
+FILE_PREFIXES = ("counter", "histogram", f"gauge_{LAST_MODE}")
+#: prometheus-client's first size for a file (mmap_dict._INITIAL_MMAP_SIZE);
+#: when full, it doubles it. An all-zero file is a valid empty one.
+FILE_SIZE = 1 << 16
+#: room kept allocated past what a file uses, more than one label set adds
+#: (a model's histograms are ~40 entries of ~250 bytes)
+FILE_ROOM = 16 << 10
 
 
 class Metrics:
@@ -43,14 +63,35 @@ class Metrics:
                                registry=r)
         self.last = Gauge("depot_inference_last_timestamp_seconds",
                           "When the model last answered a request (Unix time).", LABELS,
-                          multiprocess_mode="max", registry=r)
+                          multiprocess_mode=LAST_MODE, registry=r)
         self.control = Histogram("depot_model_control_duration_seconds",
                                  "Load and unload calls, by outcome.", ("model", "action", "outcome"),
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
         self._children: dict[tuple[str, str], tuple] = {}
+        #: False once this process could not reserve its files: it counts nothing
+        self.counting = True
+
+    def reserve(self) -> bool:
+        """Allocate this process's metrics files on disk, with room for the
+        next label set, before prometheus-client maps (or grows) them; called
+        after fork and before each new label set. If the state folder has no
+        room, this process stops counting, says so once, and serves on."""
+        if self.multiprocess_dir is None or not self.counting:
+            return self.counting
+        try:
+            for prefix in FILE_PREFIXES:
+                _allocate(self.multiprocess_dir / f"{prefix}_{os.getpid()}.db")
+        except OSError as e:
+            self.counting = False
+            log.warning("worker %d counts no metrics from now on: its files in %s cannot "
+                        "be allocated (%s); inference goes on", os.getpid(),
+                        self.multiprocess_dir, e.strerror or e)
+        return self.counting
 
     def track(self, model: str, version: str) -> "Tracker":
         children = self._children.get((model, version))
+        if children is None and not self.reserve():
+            return Tracker(None)
         if children is None:  # labels() costs a lookup per call: keep the children
             children = self._children[(model, version)] = (
                 self.duration.labels(model, version), self.failures.labels(model, version),
@@ -60,7 +101,8 @@ class Metrics:
         return Tracker(children)
 
     def control_call(self, model: str, action: str, seconds: float, ok: bool) -> None:
-        self.control.labels(model, action, "success" if ok else "failure").observe(seconds)
+        if self.reserve():  # control calls are rare: each may be a new label set
+            self.control.labels(model, action, "success" if ok else "failure").observe(seconds)
 
     def collected(self) -> Any:
         """A fresh registry whose collect() sums every worker's numbers."""
@@ -102,6 +144,36 @@ class Metrics:
                     name = sample.name + (f":{labels['phase']}" if "phase" in labels else "")
                     values[(labels["model"], labels["version"], name)] = sample.value
         return [_triton_stats(model, version, values) for model, version in keys]
+
+
+def _allocate(path: Path) -> None:
+    """Give ``path`` blocks on disk for all it uses and FILE_ROOM more,
+    growing it as prometheus-client would (doubling from FILE_SIZE), so its
+    own growth finds the blocks there. A new file is made aside and renamed
+    into place: a scrape never reads an empty one."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        part = path.with_name(f".{path.name}.part")
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, FILE_SIZE)
+            os.rename(part, path)
+        except OSError:
+            os.unlink(part)
+            raise
+        finally:
+            os.close(fd)
+        return
+    try:
+        size = os.fstat(fd).st_size
+        used = struct.unpack("i", os.pread(fd, 4, 0))[0] if size >= 4 else 0
+        target = max(size, FILE_SIZE)
+        while target - used < FILE_ROOM:
+            target *= 2
+        os.posix_fallocate(fd, 0, target)
+    finally:
+        os.close(fd)
 
 
 class _ModelStates:
@@ -171,7 +243,7 @@ class Tracker:
 
     __slots__ = ("_children", "_start", "_last", "_phases", "rows")
 
-    def __init__(self, children: tuple) -> None:
+    def __init__(self, children: tuple | None) -> None:
         self._children = children
         self._start = self._last = time.perf_counter()
         self._phases: list[float] = []
@@ -187,6 +259,8 @@ class Tracker:
 
     def __exit__(self, kind: type | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if self._children is None:  # this process counts nothing (Metrics.reserve)
+            return
         duration, failures, failure_seconds, rows, compute, last = self._children
         elapsed = time.perf_counter() - self._start
         if kind is not None:

@@ -112,7 +112,10 @@ ERRORS = {"400": "malformed request, or the model is not ready",
           "404": "unknown model or version",
           "413": "the body is over DEPOT_MAX_BODY_BYTES",
           "415": "a Content-Encoding Depot cannot read",
-          "503": "start-up loading is not done"}
+          "409": "another load or unload of the model held it past DEPOT_LOCK_TIMEOUT",
+          "503": "start-up loading is not done, or the state folder is full, read-only "
+                 "or its database was deleted or replaced (the reason is in 'error')",
+          "507": "the state folder is full: nothing was changed"}
 
 
 def _operation(method: str, summary: str, ok: str | None, *errors: str,
@@ -134,20 +137,21 @@ MODEL = "/v2/models/{name}"
 #: path -> operations; the {name} routes also get a /versions/{version} twin
 ROUTES: dict[str, dict] = {
     "/v2/health/live": _operation("get", "The server is alive", "Live"),
-    "/v2/health/ready": _operation("get", "Start-up loading is done", "Ready", "503"),
+    "/v2/health/ready": _operation("get", "Start-up loading is done and the state folder "
+                                   "takes writes", "Ready", "503"),
     "/v2": _operation("get", "Server metadata and extensions", "ServerMetadata"),
     "/v2/models/stats": _operation("get", "Statistics of every model", "Statistics"),
     "/metrics": _operation("get", "Prometheus metrics, summed over workers", None,
                            content="text/plain"),
     "/v2/openapi.json": _operation("get", "This document", None),
     "/v2/repository/index": _operation("post", "Every model version, its state and reason",
-                                       "Index", "400", "401", body="IndexRequest"),
+                                       "Index", "400", "401", "503", body="IndexRequest"),
     "/v2/repository/models/{name}/load": _operation(
         "post", "Load or reload every version of a model", "ControlResponse", "400", "401",
-        "404", body="ControlRequest"),
+        "404", "409", "503", "507", body="ControlRequest"),
     "/v2/repository/models/{name}/unload": _operation(
         "post", "Unload every version of a model", "ControlResponse", "400", "401", "404",
-        body="ControlRequest"),
+        "409", "503", "507", body="ControlRequest"),
 }
 MODEL_ROUTES: dict[str, dict] = {
     "": _operation("get", "Model metadata", "ModelMetadata", "404"),

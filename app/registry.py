@@ -9,7 +9,9 @@ eagerly, so the first request after a load is not the one that pays for it.
 
 Control-plane calls hold the model's cross-process lock, load and verify the
 new copy in the calling worker, and only then publish the new generation. A
-load or unload therefore holds for every worker when the call returns.
+load or unload therefore holds for every worker when the call returns. The
+lock is waited for DEPOT_LOCK_TIMEOUT seconds at most (then 409), so a loader
+that hangs holds up only the calls for its own model.
 """
 from __future__ import annotations
 
@@ -17,14 +19,15 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 import runtimes
 
 from . import repository
-from .errors import LoadFailed, ModelNotFound, ModelNotReady
+from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
+                     ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
 from .settings import Settings
 from .store import LOADING, READY, UNAVAILABLE, Row, Store, key
@@ -72,12 +75,13 @@ class Registry:
         self.store = store
         self._cache: dict[Key, tuple[int, runtimes.Runtime]] = {}
         self._seen = Snapshot(-1, [])
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held only to update the dicts below, never to build
+        self._building: dict[Key, threading.Lock] = {}  # one build of a key at a time
         self._syncing = False
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
-        return cls(settings, Store(settings.state_dir))
+        return cls(settings, Store(settings.state_dir, settings.lock_timeout))
 
     # -- data plane ---------------------------------------------------------
 
@@ -128,6 +132,9 @@ class Registry:
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model version's state, read from the store: a 503 rather
+        than the rows of a database that is no longer the deployment's."""
+        self.store.check_identity()
         rows = sorted(self.store.rows(), key=lambda r: (r.name, version_key(r.version)))
         entries = []
         for row in rows:
@@ -170,6 +177,16 @@ class Registry:
     def server_ready(self) -> bool:
         return self.store.get_meta("started") == "1"
 
+    def unready_reason(self) -> str | None:
+        """Why readiness says no, or None: start-up loading is not done, or
+        the state folder cannot take writes (full, read-only, its database
+        deleted or replaced). Loaded models serve on in every case; the
+        reason says what to mend before control calls can work again."""
+        problem = self.store.health()
+        if problem is None and not self.server_ready():
+            problem = "starting up: models are loading"
+        return problem
+
     def watcher_pid(self) -> int | None:
         """The process that watches the models folder, if one does."""
         pid = self.store.get_meta("watcher_pid")
@@ -178,21 +195,68 @@ class Registry:
     # -- control plane ------------------------------------------------------
 
     def startup(self) -> None:
-        """Start a deployment from the disk: register every model found and,
-        when configured, load it. Runs once, in the gunicorn master, so the
-        loaded copies are shared with the workers it forks."""
+        """Start a deployment. A fresh state (none, an older Depot's, or one
+        whose first start never finished) starts from the disk: register
+        every model found and, when configured, load it. A surviving state
+        is adopted (:meth:`_adopt`): a restart keeps what was loaded and
+        what was unloaded, and what changed on disk meanwhile waits for a
+        load, as it would have without the restart. Runs once, in the
+        gunicorn master, so the loaded copies are shared with the workers
+        it forks."""
         if not self.settings.models.is_dir():
             raise FileNotFoundError(f"DEPOT_MODELS: no such folder: {self.settings.models}")
-        self.store.reset()
-        shutil.rmtree(self._snapshots(), ignore_errors=True)
+        fresh = self.store.is_fresh() or not self.server_ready()
+        if fresh:
+            self.store.reset()
+            shutil.rmtree(self._snapshots(), ignore_errors=True)
+        else:
+            self._adopt()
         self.reconcile()
-        if self.settings.load_at_startup:
+        if fresh and self.settings.load_at_startup:
             for name in sorted({row.name for row in self.store.rows()}):
                 try:
                     self.load(name)
                 except (LoadFailed, ModelNotFound) as e:
                     log.warning("%s", e.message)
         self.store.set_meta("started", "1")
+
+    def _adopt(self) -> None:
+        """Take over the state the last run of this deployment left. A READY
+        row is loaded again from its snapshot, the copy it served, never
+        from the models folder; a LOADING row lost its loader. Snapshot
+        folders that no READY row serves from (partial copies, old
+        generations) are removed."""
+        self.store.set_meta("watcher_pid", "")  # the old one is gone; a worker will take over
+        keep: set[Path] = set()
+        for row in self.store.rows():
+            with self.store.lock(row.name):
+                if row.state == READY and self._restore(row):
+                    keep.add(Path(row.snapshot or "").parent)
+                elif row.state == LOADING:
+                    self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED,
+                                               snapshot=None))
+                    _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
+        for folder in self._snapshots().glob("*/*"):
+            if folder not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _restore(self, row: Row) -> bool:
+        """Load a READY row's snapshot into this process's cache (in the
+        master, so every worker it forks has it); if that fails, the row
+        becomes UNAVAILABLE and says why."""
+        try:
+            if not row.snapshot or not Path(row.snapshot).is_file():
+                raise FileNotFoundError(f"no snapshot at {row.snapshot}")
+            runtime = self._build(row.runtime, Path(row.snapshot), row.details)
+        except (Exception, SystemExit) as e:  # a pickle may call exit()
+            reason = f"the loaded copy could not be restored: {_describe(e)}; call load"
+            self.store.put(row.replace(state=UNAVAILABLE, reason=reason, snapshot=None,
+                                       generation=row.generation + 1))
+            _event("fail", row.name, row.version, reason, logging.WARNING)
+            return False
+        self._swap((row.name, row.version), row.generation, runtime)
+        _event("restore", row.name, row.version, f"generation {row.generation}")
+        return True
 
     def reconcile(self, busy: frozenset[str] = frozenset()) -> None:
         """Bring the registry in line with the disk: register what is new
@@ -202,17 +266,26 @@ class Registry:
         on_disk = {(s.name, s.version) for s in specs}
         for spec in specs:
             if spec.source.name not in busy:
-                self.register(spec)
+                self._unless_busy(self.register, spec)
         for row in self.store.rows():
             if (row.name, row.version) not in on_disk and Path(row.source).name not in busy:
-                self.forget(row.name, row.version)
+                self._unless_busy(self.forget, row.name, row.version)
+
+    @staticmethod
+    def _unless_busy(call: Callable[..., None], *args: Any) -> None:
+        """A model whose lock another call holds past the deadline is left
+        for the next rescan, and the others are reconciled meanwhile."""
+        try:
+            call(*args)
+        except ModelBusy as e:
+            log.info("%s; left for the next rescan", e.message)
 
     def register(self, spec: ModelSpec) -> None:
         """Record a model version as the disk describes it. A READY one keeps
         serving what it loaded; its reason says when the disk has moved on."""
         with self.store.lock(spec.name):
-            if not spec.source.exists():  # removed since the scan: forget() will follow
-                return
+            if not spec.source.exists() and not spec.source.is_symlink():
+                return  # removed since the scan: forget() will follow (a broken link stays)
             row = self.store.get(spec.name, spec.version)
             mark = repository.fingerprint(spec)
             if row is None:
@@ -226,9 +299,8 @@ class Registry:
                 if row.reason != reason:
                     self.store.put(row.replace(reason=reason))
                     _event("change", spec.name, spec.version, reason or "disk matches the loaded copy")
-            elif row.state == LOADING:  # we hold the lock, so its loader died
-                self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED))
-                _event("fail", spec.name, spec.version, LOAD_INTERRUPTED, logging.WARNING)
+            elif row.state == LOADING:
+                self._repair(row)
             elif mark != row.fingerprint:
                 if spec.error:
                     reason = f"cannot load: {spec.error}"
@@ -258,6 +330,8 @@ class Registry:
             for row in self._rows_of(name):
                 if row.version not in on_disk:
                     self._forget(row.name, row.version)
+                else:
+                    self._repair(row)
             if not specs:
                 raise ModelNotFound(f"model {name!r} is not in the repository")
             loaded, failures = [], []
@@ -310,9 +384,15 @@ class Registry:
         self._syncing = True
 
         def loop() -> None:
+            said = None  # a lasting fault (the state database gone) is logged once
             while True:
                 try:
                     self.sync()
+                    said = None
+                except DepotError as e:
+                    if e.message != said:
+                        log.error("sync failed: %s", e.message)
+                    said = e.message
                 except Exception:  # a passing store error must not end the thread
                     log.exception("sync failed")
                 threading.Event().wait(self.settings.sync_interval)
@@ -320,8 +400,14 @@ class Registry:
         threading.Thread(target=loop, name="depot-sync", daemon=True).start()
 
     def _catch_up(self, row: Row) -> runtimes.Runtime:
+        """Build this worker's copy of a row's snapshot. Building can take
+        seconds, so it holds only that key's lock (two threads never build
+        the same copy twice): requests and unloads of other models go on."""
+        key_ = (row.name, row.version)
         with self._lock:
-            cached = self._cache.get((row.name, row.version))
+            building = self._building.setdefault(key_, threading.Lock())
+        with building:
+            cached = self._cache.get(key_)
             if cached is not None and cached[0] == row.generation:
                 return cached[1]
             try:
@@ -329,7 +415,7 @@ class Registry:
             except (Exception, SystemExit) as e:  # a pickle may call exit()
                 raise ModelNotReady(f"model {_label(row.name, row.version)} could not be "
                                     f"loaded on this worker: {_describe(e)}") from None
-            self._swap((row.name, row.version), row.generation, runtime)
+            self._swap(key_, row.generation, runtime)
             return runtime
 
     def _swap(self, key_: Key, generation: int, runtime: runtimes.Runtime) -> None:
@@ -351,57 +437,73 @@ class Registry:
 
     def _load_version(self, spec: ModelSpec) -> Row:
         """Copy one version's artifact to a snapshot, load and verify it
-        here, then publish it. Called with the model's lock held."""
-        row = self.store.get(spec.name, spec.version)
-        if row is None or row.state != READY:
-            row = self._registered(spec, row).replace(state=LOADING, reason="loading")
-            self.store.put(row)
+        here, then publish it. Called with the model's lock held. A state
+        folder that refuses a write fails the call with 507 (full) or 503
+        (read-only) instead of 400, the model's fault."""
+        stored = self.store.get(spec.name, spec.version)
         try:
-            new = self._publish(spec, row)
+            new = self._publish(spec, stored)
         except (Exception, SystemExit) as e:  # a pickle may call exit()
-            message = _describe(e)
-            self._publish_failure(spec, row, message)
-            raise LoadFailed(f"load failed for model {_label(spec.name, spec.version)}: "
-                             f"{message}") from None
+            refused = self.store.refused(e)
+            message = refused.message if refused else _describe(e)
+            self._publish_failure(spec, stored or self._registered(spec), message)
+            text = f"load failed for model {_label(spec.name, spec.version)}: {message}"
+            raise (type(refused) if refused else LoadFailed)(text) from None
         _event("load", spec.name, spec.version, f"generation {new.generation}")
         return new
 
-    def _publish(self, spec: ModelSpec, row: Row) -> Row:
+    def _publish(self, spec: ModelSpec, stored: Row | None) -> Row:
+        """The copy comes before the row says LOADING, and a failure removes
+        the snapshot it began: a state folder too full for the copy leaves
+        the row as it was, and no half-written copy stays behind."""
         if spec.error:
             raise LoadFailed(spec.error)
         assert spec.artifact is not None
         mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
+        row = self._registered(spec, stored)
         generation = row.generation + 1
         folder = self._snapshot_dir(spec.name, spec.version, generation)
-        folder.mkdir(parents=True, exist_ok=True)
-        artifact = Path(shutil.copy2(spec.artifact, folder / spec.artifact.name))
-        details = self._details(spec)
+        runtime = None
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            artifact = Path(shutil.copy2(spec.artifact, folder / spec.artifact.name))
+            if row.state != READY:
+                self.store.put(row.replace(state=LOADING, reason="loading"))
+            details = self._details(spec)
             runtime = self._build(spec.runtime, artifact, details)
+            if not spec.inputs or not spec.outputs:
+                declared = orjson.loads(details)
+                found = runtime.metadata()
+                declared["inputs"] = spec.inputs or found["inputs"]
+                declared["outputs"] = spec.outputs or found["outputs"]
+                details = orjson.dumps(declared).decode()
+            new = row.replace(state=READY, reason="", generation=generation,
+                              snapshot=str(artifact), details=details, fingerprint=mark)
+            self.store.put(new)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if runtime is not None:
+                runtime.unload()
             raise
-        if not spec.inputs or not spec.outputs:
-            declared = orjson.loads(details)
-            found = runtime.metadata()
-            declared["inputs"] = spec.inputs or found["inputs"]
-            declared["outputs"] = spec.outputs or found["outputs"]
-            details = orjson.dumps(declared).decode()
-        new = self._registered(spec, row).replace(
-            state=READY, reason="", generation=generation, snapshot=str(artifact),
-            details=details, fingerprint=mark)
-        self.store.put(new)
         self._swap((spec.name, spec.version), generation, runtime)
         self._discard_snapshots(spec.name, spec.version, keep=generation)
         return new
 
     def _publish_failure(self, spec: ModelSpec, row: Row, message: str) -> None:
+        """Record why a load failed. When the state folder refuses even
+        that write, the log says why and the row keeps what the last write
+        left; if that is LOADING, the next call to hold the lock repairs it."""
         current = self.store.get(spec.name, spec.version) or row
         if current.state == READY:
             reason = f"{RELOAD_FAILED}{message}; serving the previous copy"
-            self.store.put(current.replace(reason=reason))
+            failed = current.replace(reason=reason)
         else:
-            self.store.put(current.replace(state=UNAVAILABLE, reason=f"load failed: {message}"))
+            failed = current.replace(state=UNAVAILABLE, reason=f"load failed: {message}")
+        try:
+            self.store.put(failed)
+        except (InsufficientStorage, StateUnavailable) as e:
+            log.warning("could not record that %s failed to load: %s",
+                        _label(spec.name, spec.version), e.message)
         _event("fail", spec.name, spec.version, message, logging.WARNING)
 
     def _build(self, runtime_name: str | None, artifact: Path, details: str) -> runtimes.Runtime:
@@ -415,10 +517,12 @@ class Registry:
     # -- helpers ------------------------------------------------------------
 
     def _scan(self) -> list[ModelSpec]:
-        return repository.scan(self.settings.models, exclude=self.settings.state_dir)
+        return repository.scan(self.settings.models, exclude=self.settings.state_dir,
+                               follow_symlinks=self.settings.follow_symlinks)
 
     def _find(self, name: str) -> list[ModelSpec]:
-        return repository.find(self.settings.models, name, self.settings.state_dir)
+        return repository.find(self.settings.models, name, self.settings.state_dir,
+                               follow_symlinks=self.settings.follow_symlinks)
 
     def _rows_of(self, name: str) -> list[Row]:
         return [row for row in self.store.rows() if row.name == name]
@@ -444,6 +548,18 @@ class Registry:
     def _details(spec: ModelSpec) -> str:
         return orjson.dumps({"parameters": spec.parameters, "inputs": spec.inputs,
                              "outputs": spec.outputs}).decode()
+
+    def _repair(self, row: Row) -> None:
+        """Undo what a dead loader left. Called with the model's lock held,
+        so no load of it is at work: a LOADING row lost its loader, and a
+        snapshot folder other than the one a READY row serves is a partial
+        copy (or an old generation)."""
+        if row.state == LOADING:
+            row = row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED, snapshot=None)
+            self.store.put(row)
+            _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
+        self._discard_snapshots(row.name, row.version,
+                                keep=row.generation if row.state == READY else None)
 
     def _forget(self, name: str, version: str) -> None:
         self.store.delete(name, version)

@@ -8,10 +8,16 @@ It reads the disk and keeps no state. A model is one of
 
 Names come only from what is on disk, never from a request, so a name in a
 URL can never lead to a file outside the folder.
+
+The folder is a trust boundary: loading a pickle runs its code. A symlink
+that leads outside it (or leads nowhere) is therefore listed as a model that
+cannot load, with the link in its error, unless ``follow_symlinks`` says to
+follow it; symlinks that stay inside the folder are used as they are.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +35,8 @@ IGNORED_NAMES = {"4913"}
 class ModelSpec:
     """One version of a model as the repository describes it (``version``
     is "" when it has none). ``error`` is set when the model is on disk but
-    cannot be used as found (bad settings, no artifact)."""
+    cannot be used as found (bad settings, no artifact, a symlink out of the
+    folder)."""
 
     name: str
     source: Path
@@ -52,7 +59,8 @@ def valid_name(name: Any) -> bool:
             and not any(c in name for c in "/\\\0"))
 
 
-def scan(root: Path, exclude: Path | None = None) -> list[ModelSpec]:
+def scan(root: Path, exclude: Path | None = None, *,
+         follow_symlinks: bool = False) -> list[ModelSpec]:
     """Every model version under ``root``, at most one per (name, version);
     ``exclude`` (Depot's own state folder, should it live there) is never a
     model."""
@@ -62,14 +70,16 @@ def scan(root: Path, exclude: Path | None = None) -> list[ModelSpec]:
     for entry in sorted(root.iterdir()):
         if exclude is not None and entry == exclude:
             continue
-        for spec in describe(entry):
+        for spec in describe(entry, follow_symlinks=follow_symlinks):
             specs.setdefault((spec.name, spec.version), spec)
     return list(specs.values())
 
 
-def find(root: Path, name: str, exclude: Path | None = None) -> list[ModelSpec]:
+def find(root: Path, name: str, exclude: Path | None = None, *,
+         follow_symlinks: bool = False) -> list[ModelSpec]:
     """Every version of one model on disk (none: it is not in the repository)."""
-    return [spec for spec in scan(root, exclude) if spec.name == name]
+    return [spec for spec in scan(root, exclude, follow_symlinks=follow_symlinks)
+            if spec.name == name]
 
 
 def version_key(version: str) -> tuple:
@@ -78,13 +88,72 @@ def version_key(version: str) -> tuple:
                  for p in re.split(r"(\d+)", version) if p)
 
 
-def describe(entry: Path) -> list[ModelSpec]:
+def describe(entry: Path, *, follow_symlinks: bool = False) -> list[ModelSpec]:
     """The model versions that a top-level entry of the repository holds.
 
     Triton's layout, numbered sub-folders (``iris/1/model.joblib``), gives a
-    version per folder; ``model-settings.json`` beside them applies to all."""
+    version per folder; ``model-settings.json`` beside them applies to all.
+    A version whose files are reached through a symlink it may not follow
+    keeps its place, with that as its error."""
     if ignored(entry.name):
         return []
+    root = entry.parent
+    problem = _symlink_problem(root, entry, follow_symlinks)
+    if problem:  # not even read: what lies behind the link is not ours
+        name = _link_name(entry)
+        return [ModelSpec(name=name, source=entry, error=problem)] if name else []
+    return [_guarded(root, spec, follow_symlinks) for spec in _describe(entry)]
+
+
+def _symlink_problem(root: Path, path: Path, follow: bool) -> str | None:
+    """Why ``path`` (spelled inside ``root``) may not be used: a symlink on
+    its way that leads nowhere or, unless ``follow``, outside ``root``. Each
+    link is checked, so a detour outside and back in is refused too."""
+    root, path = Path(os.path.normpath(root)), Path(os.path.normpath(path))
+    base = root.resolve()
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if not current.is_symlink():
+            continue
+        relative = current.relative_to(root)
+        try:
+            target = current.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a loop
+            return f"broken symlink: {relative} -> {os.readlink(current)}"
+        if not follow and not target.is_relative_to(base):
+            return (f"symlink leads outside the models folder: {relative} -> {target}; "
+                    f"set DEPOT_FOLLOW_SYMLINKS=true to follow it")
+    return None
+
+
+def _link_name(entry: Path) -> str | None:
+    """The model a refused top-level symlink stands for: a folder's name or
+    an artifact's stem (a broken link without a suffix was most likely a
+    folder); None when it would not be a model anyway."""
+    if entry.is_dir():
+        return entry.name
+    if runtimes.for_artifact(entry):
+        return entry.stem
+    return entry.name if not entry.exists() and not entry.suffix else None
+
+
+def _guarded(root: Path, spec: ModelSpec, follow: bool) -> ModelSpec:
+    """``spec``, with an error if a file it is made of (settings, uri,
+    artifact) is reached through a symlink it may not follow."""
+    paths = [spec.artifact]
+    if spec.source.is_dir():
+        paths.append(spec.source / SETTINGS_FILE)
+        paths.append(_uri_path(spec.source, spec.parameters.get("uri")))
+    for path in paths:
+        problem = _symlink_problem(root, path, follow) if path is not None else None
+        if problem:
+            return replace(spec, error=problem)
+    return spec
+
+
+def _describe(entry: Path) -> list[ModelSpec]:
+    """What ``entry`` holds, as found (symlinks are judged by the caller)."""
     if entry.is_file():
         return [_from_artifact(entry.stem, entry, entry)] if runtimes.for_artifact(entry) else []
     if not entry.is_dir():
@@ -129,13 +198,18 @@ def fingerprint(spec: ModelSpec) -> str:
     return "|".join(parts)
 
 
+def _file_like(path: Path) -> bool:
+    """A file, or a broken symlink (kept, so that it is reported)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _artifact_in(folder: Path) -> Path | None:
     for name in WELL_KNOWN:
-        if (folder / name).is_file():
+        if _file_like(folder / name):
             return folder / name
     candidates = sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not ignored(p.name) and p.name != SETTINGS_FILE
+        if _file_like(p) and not ignored(p.name) and p.name != SETTINGS_FILE
         and runtimes.for_artifact(p)
     )
     return candidates[0] if len(candidates) == 1 else None
@@ -186,13 +260,22 @@ def _from_settings(folder: Path, versioned: bool = False) -> ModelSpec:
     return replace(base, artifact=artifact, runtime=runtime.name)
 
 
+def _uri_path(folder: Path, uri: Any) -> Path | None:
+    """Where a uri points, spelled inside the model's folder (no symlink is
+    followed: :func:`_guarded` judges those); None when it names a place
+    outside the folder, such as ``../other`` or an absolute path."""
+    base = Path(os.path.normpath(folder))
+    target = Path(os.path.normpath(base / uri)) if isinstance(uri, str) and uri else base
+    return target if target.is_relative_to(base) else None
+
+
 def _resolve_uri(folder: Path, uri: Any) -> Path | None:
     """MLServer's rule: a relative uri is relative to the settings file's
     folder, and a folder uri is searched for a well-known artifact. The
     result must stay inside the model's folder."""
-    target = (folder / uri).resolve() if isinstance(uri, str) and uri else folder.resolve()
-    if not target.is_relative_to(folder.resolve()):
+    target = _uri_path(folder, uri)
+    if target is None:
         return None
     if target.is_dir():
         return _artifact_in(target)
-    return target if target.is_file() else None
+    return target if _file_like(target) else None

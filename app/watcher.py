@@ -23,6 +23,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from .errors import DepotError
 from .registry import Registry
 from .repository import ignored
 
@@ -84,11 +85,17 @@ class Watcher(FileSystemEventHandler):
         observer.start()
         log.info("watching %s (pid %d)", self.root, os.getpid())
         next_scan = 0.0
+        said = None  # a lasting fault (the state database gone) is logged once
         while True:
             busy, settled = self.busy()
             if settled or time.monotonic() >= next_scan:
                 try:
                     self.registry.reconcile(busy)
+                    said = None
+                except DepotError as e:  # the state folder's fault, reported by readiness
+                    if e.message != said:
+                        log.error("reconcile failed: %s", e.message)
+                    said = e.message
                 except Exception:  # a bad moment on disk must not end the watcher
                     log.exception("reconcile failed")
                 if not settled:
@@ -104,7 +111,10 @@ def start_election(registry: Registry) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / "watcher.lock", "w")  # kept open: the lock lives with it
         fcntl.flock(handle, fcntl.LOCK_EX)
-        registry.store.set_meta("watcher_pid", str(os.getpid()))
+        try:
+            registry.store.set_meta("watcher_pid", str(os.getpid()))
+        except DepotError as e:  # GET /v2 will not name the watcher; it watches all the same
+            log.error("could not record the watcher's pid: %s", e.message)
         Watcher(registry).run()
 
     threading.Thread(target=candidate, name="depot-watcher", daemon=True).start()

@@ -45,7 +45,7 @@ from .settings import Settings
 
 # Bytes asked of the kernel per recv(), and read from one connection per turn
 # at most, so one fast sender cannot keep the worker from the others.
-RECV_SIZE = 256 << 10
+RECV_SIZE = 64 << 10
 READ_PER_TURN = 4 << 20
 # A connection the server ends is half-closed first, and what the client still
 # sends is read and dropped, up to this many seconds and bytes: closing with
@@ -175,6 +175,8 @@ class Connection:
                 self.started = time.monotonic()
             self.inbuf += data
             got += len(data)
+            if len(data) < RECV_SIZE:
+                return  # the kernel had no more; the poller says when it has
 
     def frame(self) -> Framed | None:
         """The first request buffered, once it is whole (raises Malformed)."""
@@ -189,8 +191,12 @@ class Connection:
     def take_request(self) -> tuple[bytes, Framed]:
         framed = self.framed
         assert framed is not None
-        data = bytes(self.inbuf[:framed.length])
-        del self.inbuf[:framed.length]
+        if framed.length == len(self.inbuf):
+            data = bytes(self.inbuf)
+            self.inbuf.clear()
+        else:
+            data = bytes(self.inbuf[:framed.length])
+            del self.inbuf[:framed.length]
         self.framed = None
         self.framer.reset()
         self.started = time.monotonic()

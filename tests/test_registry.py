@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import LoadFailed, ModelNotFound, ModelNotReady
-from app.registry import Registry
+from app.registry import LOAD_INTERRUPTED, Registry
 from app.settings import Settings
 from app.store import Store
 from conftest import MODELS
@@ -91,3 +91,28 @@ def test_startup_replaces_tables_an_older_depot_left(tmp_path):
     registry = Registry.open(Settings(models=MODELS, state_dir=state))
     registry.startup()
     assert {e["state"] for e in registry.index()} == {"READY"}
+
+
+def test_a_restart_adopts_the_state_and_clears_what_no_row_serves(tmp_path):
+    settings = Settings(models=MODELS, state_dir=tmp_path / "state")
+    first = Registry.open(settings)
+    first.startup()
+    first.unload("mnist-svm")
+    # the loader of mnist died half-way, and a copy of an old generation was left behind
+    row = first.store.get("mnist-svm", "v0.1.0")
+    first.store.put(row.replace(state="LOADING", reason="loading"))
+    partial = first._snapshot_dir("mnist-svm", "v0.1.0", row.generation + 1)
+    stale = first._snapshot_dir("mushroom-xgboost", "v0.1.0", 0)
+    for folder in (partial, stale):
+        folder.mkdir(parents=True)
+        (folder / "model.joblib").write_bytes(b"half")
+    ready = first.store.get("mushroom-xgboost", "v0.1.0")
+
+    second = Registry.open(settings)
+    assert not second.store.is_fresh()
+    second.startup()
+    mnist = second.store.get("mnist-svm", "v0.1.0")
+    assert (mnist.state, mnist.reason) == ("UNAVAILABLE", LOAD_INTERRUPTED)
+    assert second.store.get("mushroom-xgboost", "v0.1.0") == ready
+    assert second._cache[("mushroom-xgboost", "v0.1.0")][0] == ready.generation
+    assert [str(p) for p in settings.state_dir.glob("snapshots/*/*/*")] == [ready.snapshot]

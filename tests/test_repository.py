@@ -1,11 +1,14 @@
-"""app.repository in-process: what counts as a model on disk."""
+"""app.repository in-process: what counts as a model on disk; and, against a
+real server, that a symlink out of the models folder is refused."""
 from __future__ import annotations
 
 import json
 import shutil
 
+import pytest
+
 from app import repository
-from conftest import MODELS
+from conftest import MODELS, output, v2_body
 
 
 def test_bundled_models(tmp_path):
@@ -85,3 +88,83 @@ def test_mlserver_versions_in_separate_folders(tmp_path):
 def test_version_order():
     versions = ["10", "2", "v0.10.0", "v0.9.1", "1"]
     assert sorted(versions, key=repository.version_key) == ["1", "2", "10", "v0.9.1", "v0.10.0"]
+
+
+# -- symlinks: the models folder is a trust boundary ----------------------------
+
+OUTSIDE = "symlink leads outside the models folder: "
+# id, links (path in the models folder -> target; "@out" is a folder outside it),
+# settings files to write, follow_symlinks, the model, its error (None: usable)
+SYMLINKS = [
+    ("top-level file", {"iris.joblib": "@out/model.joblib"}, {}, False,
+     "iris", OUTSIDE + "iris.joblib -> @out/model.joblib; set DEPOT_FOLLOW_SYMLINKS=true"),
+    ("folder", {"digits": "@out"}, {}, False, "digits", OUTSIDE + "digits -> @out;"),
+    ("artifact in a folder", {"x/model.joblib": "@out/model.joblib"}, {}, False,
+     "x", OUTSIDE + "x/model.joblib -> @out/model.joblib;"),
+    ("uri through a link", {"u/sub": "@out"}, {"u": {"parameters": {"uri": "sub/model.joblib"}}},
+     False, "u", OUTSIDE + "u/sub -> @out;"),
+    ("settings file", {"s/model-settings.json": "@out/settings.json"}, {}, False,
+     "s", OUTSIDE + "s/model-settings.json -> @out/settings.json;"),
+    ("broken", {"gone.joblib": "@out/nothing.joblib"}, {}, False,
+     "gone", "broken symlink: gone.joblib -> @out/nothing.joblib"),
+    ("broken, followed", {"gone.joblib": "@out/nothing.joblib"}, {}, True,
+     "gone", "broken symlink: gone.joblib -> @out/nothing.joblib"),
+    ("inside the folder", {"alias.joblib": "real/model.joblib", "linked": "real"}, {}, False,
+     "alias", None),
+    ("inside: uri through a link", {"v/sub": "../real"}, {"v": {"parameters": {"uri": "sub"}}},
+     False, "v", None),
+    ("followed: file", {"iris.joblib": "@out/model.joblib"}, {}, True, "iris", None),
+    ("followed: folder", {"digits": "@out"}, {}, True, "digits", None),
+    ("followed: uri", {"u/sub": "@out"}, {"u": {"parameters": {"uri": "sub/model.joblib"}}},
+     True, "u", None),
+]
+
+
+@pytest.mark.parametrize("links, settings, follow, name, error",
+                         [row[1:] for row in SYMLINKS], ids=[row[0] for row in SYMLINKS])
+def test_symlinks(tmp_path, links, settings, follow, name, error):
+    root, out = tmp_path / "models", (tmp_path / "outside").resolve()
+    (root / "real").mkdir(parents=True)
+    out.mkdir()
+    shutil.copy(MODELS / "mnist-svm" / "model.joblib", root / "real")
+    shutil.copy(MODELS / "mnist-svm" / "model.joblib", out)
+    (out / "settings.json").write_text("{}")
+    for path, target in links.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).symlink_to(target.replace("@out", str(out)))
+    for folder, content in settings.items():
+        (root / folder / "model-settings.json").write_text(json.dumps(content))
+    specs = {s.name: s for s in repository.scan(root, follow_symlinks=follow)}
+    assert specs["real"].error is None
+    spec = specs[name]
+    if error is None:
+        assert spec.error is None and spec.runtime == "sklearn"
+        assert spec.artifact is not None and spec.artifact.is_file()
+    else:
+        assert spec.error is not None and error.replace("@out", str(out)) in spec.error
+    assert repository.find(root, name, follow_symlinks=follow) == [spec]
+
+
+def test_a_symlink_out_of_the_folder_is_refused_by_the_server(make_server, tmp_path, digits,
+                                                              mnist_model):
+    shutil.copytree(MODELS, tmp_path / "models", ignore=shutil.ignore_patterns("*.py"))
+    out = tmp_path / "outside"
+    out.mkdir()
+    shutil.copy(MODELS / "mnist-svm" / "model.joblib", out)
+    (tmp_path / "models" / "digits").symlink_to(out)
+    reason = f"{OUTSIDE}digits -> {out.resolve()}; set DEPOT_FOLLOW_SYMLINKS=true to follow it"
+    with make_server(workers=2, models=None) as server:
+        entry = server.index()["digits"]
+        assert entry["state"] == "UNAVAILABLE"
+        assert entry["reason"].startswith("load failed: ") and reason in entry["reason"]
+        r = server.post("/v2/repository/models/digits/load")
+        assert r.status_code == 400 and reason in r.json()["error"]
+        assert server.infer("digits", v2_body(digits[:1])).status_code == 400
+        assert server.index()["mnist-svm"]["state"] == "READY"
+    with make_server(workers=2, models=None, env={"DEPOT_FOLLOW_SYMLINKS": "true",
+                                                  "DEPOT_STATE_DIR": str(tmp_path / "fresh")}) \
+            as server:
+        assert server.index()["digits"] == {"name": "digits", "state": "READY", "reason": ""}
+        assert server.post("/v2/repository/models/digits/load").status_code == 200
+        got = output(server.infer("digits", v2_body(digits[:5])))
+        assert got.ravel().tolist() == mnist_model.predict(digits[:5]).tolist()
