@@ -17,16 +17,20 @@ Deadlines apply to whole requests: the head must be in within
 ``DEPOT_MIN_BODY_RATE`` bytes a second after that; a client past either gets
 a 408 and is dropped. Idle connections close after gunicorn's ``keepalive``.
 
-A connection belongs to the worker that accepted it, so a long request (a
-model load, a large batch) delays the requests queued in the same worker
-behind it. New connections go to a free worker, as with the sync worker: a
-worker with requests waiting leaves them to the others for a few
-milliseconds, and a worker that accepts one answers its first request at once.
+A connection belongs to the worker that accepted it. Control calls on
+models (``/v2/repository/models/...``: a load reads and verifies an artifact,
+for seconds or minutes) run in a thread beside the poller, so the worker
+answers its other connections meanwhile; any other long request (a large
+batch) delays the requests queued behind it in the same worker. New
+connections go to a free worker, as with the sync worker: a worker with
+requests waiting leaves them to the others for a few milliseconds, and a
+worker that accepts one answers its first request at once.
 """
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import resource
 import select
 import socket
@@ -71,6 +75,11 @@ RESERVED_DESCRIPTORS = 64
 # finish before it exits anyway (a load in hand must not keep the port).
 PARENT_CHECK = 0.5
 ORPHAN_GRACE = 3.0
+# Requests that may take seconds or minutes (a model load reads and verifies
+# the artifact) run in a thread beside the poller, so the worker goes on
+# serving its other connections meanwhile; at most this many at once.
+BACKGROUND_PREFIX = "/v2/repository/models/"
+MAX_BACKGROUND = 4
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # gunicorn's parse errors that are not a plain 400.
@@ -122,7 +131,7 @@ class Connection:
 
     __slots__ = ("sock", "client", "server", "inbuf", "out", "framer", "framed",
                  "started", "head_at", "idle_since", "written_at", "eof", "closing",
-                 "lingering", "drained", "mask")
+                 "lingering", "drained", "mask", "busy_since")
 
     def __init__(self, sock: socket.socket, client, server, framer: RequestFramer) -> None:
         now = time.monotonic()
@@ -142,6 +151,7 @@ class Connection:
         self.lingering = False
         self.drained = 0
         self.mask = 0
+        self.busy_since = 0.0   # when a request of it began in a thread (0: none)
 
     # -- what gunicorn's response calls -----------------------------------
 
@@ -236,6 +246,8 @@ class Connection:
         """The poller events this connection waits for now: output first (a
         client that does not read its answers is not read from either), and
         no more input while a full request's worth is buffered."""
+        if self.busy_since:
+            return 0  # its thread owns it until the answer is ready
         if self.out and not self.lingering:
             return select.EPOLLOUT
         if self.eof or len(self.inbuf) > read_limit:
@@ -294,10 +306,17 @@ class KeepAliveWorker(base.Worker):
         self.accept_paused_until = 0.0
         self.next_sweep = 0.0
         self.deferred_since: float | None = None
+        # Connections whose request runs in a thread, and the pipe by which
+        # those threads hand them back to the poller.
+        self.background: set[Connection] = set()
+        self.finished: queue.SimpleQueue[tuple[Connection, bool]] = queue.SimpleQueue()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
         super().init_process()
 
     def run(self) -> None:
         self.poller.register(self.PIPE[0], select.EPOLLIN)
+        self.poller.register(self.wake_read, select.EPOLLIN)
         for listener in self.sockets:
             listener.setblocking(False)
         self.set_accepting(True)
@@ -343,6 +362,8 @@ class KeepAliveWorker(base.Worker):
                 self.on_events(conn, events)
             elif fd == self.PIPE[0]:
                 self.drain_pipe()
+            elif fd == self.wake_read:
+                self.take_finished()
             else:
                 pending.append(self.listeners[fd])
         self.take(pending, busy=bool(self.waiting))
@@ -354,6 +375,8 @@ class KeepAliveWorker(base.Worker):
             self.serve(conn)
 
     def on_events(self, conn: Connection, events: int) -> None:
+        if conn.busy_since:
+            return  # its thread owns it; what happened is seen when it is back
         if conn.lingering:
             self.drain(conn)
             return
@@ -416,8 +439,8 @@ class KeepAliveWorker(base.Worker):
         for conn in list(self.connections.values()):
             if not (conn.lingering or conn.inbuf or conn.out or conn in self.waiting):
                 self.linger(conn)
-        while time.monotonic() < deadline and any(
-                not c.lingering and (c.inbuf or c.out) for c in self.connections.values()):
+        while time.monotonic() < deadline and (self.background or any(
+                not c.lingering and (c.inbuf or c.out) for c in self.connections.values())):
             self.turn(0.05)
 
     def drain_pipe(self) -> None:
@@ -483,13 +506,50 @@ class KeepAliveWorker(base.Worker):
 
     def serve(self, conn: Connection) -> None:
         data, framed = conn.take_request()
-        keep = self.handle(conn, data) and self.alive and not framed.close
+        req = self.parse(conn, data)
+        if req is None:
+            self.answered(conn, False)
+        elif req.path.startswith(BACKGROUND_PREFIX) and len(self.background) < MAX_BACKGROUND:
+            conn.busy_since = time.monotonic()
+            self.background.add(conn)
+            self.update(conn)
+            threading.Thread(target=self.serve_in_background, args=(conn, req, framed),
+                             name="depot-control", daemon=True).start()
+        else:
+            self.answered(conn, self.respond(conn, req) and not framed.close)
+
+    def serve_in_background(self, conn: Connection, req, framed: Framed) -> None:
+        keep = self.respond(conn, req) and not framed.close
+        self.finished.put((conn, keep))
+        try:
+            os.write(self.wake_write, b".")
+        except OSError:
+            pass
+
+    def take_finished(self) -> None:
+        """Take back the connections whose thread has answered."""
+        try:
+            while os.read(self.wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while not self.finished.empty():
+            conn, keep = self.finished.get()
+            self.background.discard(conn)
+            conn.busy_since = 0.0
+            if conn.sock.fileno() >= 0:
+                self.answered(conn, keep)
+
+    def answered(self, conn: Connection, keep: bool) -> None:
+        """Send the answer just made; then end the connection, or look for
+        its next request, which may be whole already (pipelined)."""
+        keep = keep and self.alive
         conn.idle_since = time.monotonic()
         if not keep:
             conn.closing = True
         self.write(conn)
         if keep and conn.sock.fileno() >= 0:
-            self.advance(conn)  # a pipelined request may be whole already
+            self.advance(conn)
 
     def write(self, conn: Connection) -> None:
         """Send what the client takes; end the connection once everything
@@ -536,7 +596,15 @@ class KeepAliveWorker(base.Worker):
             self.set_accepting(True)
         idle, lingered = now - self.cfg.keepalive, now - LINGER_SECONDS
         for conn in list(self.connections.values()):
-            if conn.lingering:
+            if conn.busy_since:
+                if self.timeout and now - conn.busy_since > self.timeout and self.alive:
+                    # A control call that hangs holds its model's lock: a
+                    # fresh worker takes this one's place, and the lock goes
+                    # with this process, as when the arbiter kills a worker.
+                    self.log.error("A control call has run for over %g s (gunicorn's "
+                                   "timeout); replacing worker %s", self.timeout, self.pid)
+                    self.alive = False
+            elif conn.lingering:
                 if conn.idle_since < lingered:
                     self.close(conn)
             elif conn.out:
@@ -608,13 +676,22 @@ class KeepAliveWorker(base.Worker):
 
     # -- one request --------------------------------------------------------
 
-    def handle(self, conn: Connection, data: bytes) -> bool:
-        """Serve one whole request; whether the connection may carry another."""
-        req = None
+    def parse(self, conn: Connection, data: bytes):
+        """gunicorn's request for the bytes of one whole request; None when
+        they are not one (the error is answered)."""
         try:
-            req = next(http.RequestParser(self.cfg, [data], conn.client))
-            return self.handle_request(req, conn)
+            return next(http.RequestParser(self.cfg, [data], conn.client))
         except (http_errors.NoMoreData, StopIteration):
+            return None
+        except Exception as e:
+            self.handle_error(None, conn, conn.client, e)
+            return None
+
+    def respond(self, conn: Connection, req) -> bool:
+        """Run the app for one request; whether the connection may carry another."""
+        try:
+            return self.handle_request(req, conn)
+        except StopIteration:
             return False
         except Exception as e:
             self.handle_error(req, conn, conn.client, e)

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 import pytest
 import requests
 
-from conftest import Server, run_server, slow_artifact, wait_until
+from conftest import Server, run_server, slow_artifact, v2_body, wait_until
 from rawhttp import closed_by_server, connect, read_response, request
 
 HEAD = (b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: depot\r\n"
@@ -122,45 +122,34 @@ def test_malformed_chunked_bodies_are_400_json(server: Server, chunks: bytes) ->
     assert "Traceback" not in server.log.read_text()
 
 
-def test_a_kept_connection_is_answered_after_a_long_request(make_server) -> None:
-    """One worker; a kept-alive connection sends a request while the worker
-    spends longer than the keep-alive timeout on another connection's load.
-    The request is answered when the worker is free, never reset."""
-    with make_server(workers=1, env={"GUNICORN_CMD_ARGS": "--keep-alive 1"}) as server:
-        (server.models / "slow.joblib").write_bytes(slow_artifact(3))
+def test_a_load_delays_no_other_request_of_its_worker(make_server, digits) -> None:
+    """One worker, and a model load of 4 s: meanwhile the same worker
+    answers an inference on a kept-alive connection, an index whose body
+    comes well after its head, and fresh connections."""
+    with make_server(workers=1, env={"DEPOT_HEADER_TIMEOUT": "1",
+                                     "GUNICORN_CMD_ARGS": "--keep-alive 1"}) as server:
+        (server.models / "slow.joblib").write_bytes(slow_artifact(4))
         wait_until(lambda: "slow" in server.index(), timeout=10)
-        with connect(server) as kept, kept.makefile("rb") as f, ThreadPoolExecutor(1) as pool:
+        with connect(server) as kept, kept.makefile("rb") as kept_file, \
+                connect(server) as late, late.makefile("rb") as late_file, \
+                ThreadPoolExecutor(1) as pool:
             kept.sendall(request("GET", "/v2/health/live"))
-            assert read_response(f)[0] == 200
-            load = pool.submit(requests.post, f"{server.url}/v2/repository/models/slow/load",
-                               timeout=30)
-            time.sleep(0.5)  # the only worker is in the load now
-            kept.sendall(request("GET", "/v2/health/live"))
-            status, _, body = read_response(f)
-            assert (status, json.loads(body)) == (200, {"live": True})
-            assert load.result(timeout=30).status_code == 400
-
-
-def test_a_body_sent_while_the_worker_was_busy_is_not_late(make_server) -> None:
-    """One worker takes a head whose body is still on its way, then spends
-    longer than the deadline on another connection's load. The body came
-    meanwhile: the request is answered, not refused with a 408."""
-    with make_server(workers=1, env={"DEPOT_HEADER_TIMEOUT": "1"}) as server:
-        (server.models / "slow.joblib").write_bytes(slow_artifact(3))
-        wait_until(lambda: "slow" in server.index(), timeout=10)
-        body = b"{}"
-        with connect(server) as sock, sock.makefile("rb") as f, ThreadPoolExecutor(1) as pool:
-            sock.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: depot\r\n"
+            assert read_response(kept_file)[0] == 200
+            late.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: depot\r\n"
                          b"Content-Length: 2\r\n\r\n")
-            time.sleep(0.2)
             load = pool.submit(requests.post, f"{server.url}/v2/repository/models/slow/load",
                                timeout=30)
-            time.sleep(0.5)  # the only worker is in the load now
-            sock.sendall(body)
-            status, _, reply = read_response(f)
-            assert status == 200, reply
-            assert {e["name"] for e in json.loads(reply)} >= {"mnist-svm", "slow"}
-            assert load.result(timeout=30).status_code == 400
+            wait_until(lambda: server.index()["slow"]["state"] == "LOADING", timeout=10)
+            kept.sendall(request("POST", "/v2/models/mnist-svm/infer", v2_body(digits[:2])))
+            status, _, reply = read_response(kept_file)
+            assert status == 200 and len(json.loads(reply)["outputs"][0]["data"]) == 2
+            time.sleep(0.5)
+            late.sendall(b"{}")
+            status, _, reply = read_response(late_file)
+            assert status == 200 and {e["name"] for e in json.loads(reply)} >= {"slow"}
+            assert max(probe_latencies(server, 5)) < 1
+            assert not load.done(), "the load ended before the requests did"
+            assert load.result(timeout=30).status_code == 400  # sleep() gives no model
 
 
 def test_descriptor_limit_bounds_connections_without_crashes(tmp_path) -> None:
@@ -232,3 +221,22 @@ def _alive(pid: int) -> bool:
         return False
     status = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
     return bool(status.stdout.strip()) and not status.stdout.strip().startswith("Z")
+
+
+def test_a_hung_load_hands_its_worker_over(make_server) -> None:
+    """A load still running after gunicorn's timeout: its worker hands over
+    to a fresh one (which frees the model's lock), and the server serves on."""
+    env = {"GUNICORN_CMD_ARGS": "--timeout 2 --graceful-timeout 1"}
+    with make_server(workers=1, env=env) as server:
+        (server.models / "hung.joblib").write_bytes(slow_artifact(60))
+        wait_until(lambda: "hung" in server.index(), timeout=10)
+        (worker,) = server.worker_pids()
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(_quietly, requests.post,
+                               f"{server.url}/v2/repository/models/hung/load", timeout=30)
+            wait_until(lambda: server.worker_pids() - {worker}, timeout=15)
+            assert isinstance(load.result(timeout=30), requests.RequestException)
+        assert "replacing worker" in server.log.read_text()
+        assert server.get("/v2/health/ready").status_code == 200
+        r = server.post("/v2/repository/models/hung/unload")
+        assert r.status_code == 200, r.text
