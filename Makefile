@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test bench clean
+.PHONY: serve test install install-test bench attacks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ clean:
 
 bench: install-test
 	$(BIN)/python bench/bench.py
+
+# Hostile clients against a real server, measured (docs/architecture.md)
+attacks: install-test
+	$(BIN)/python bench/attacks.py

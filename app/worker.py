@@ -63,9 +63,6 @@ SWEEP_INTERVAL = 0.25
 ACCEPT_DEFER = 0.005
 # Connections one worker accepts in one turn, at most.
 ACCEPT_BURST = 64
-# Seconds a new connection's first request is waited for before the
-# connection joins the others in the poller.
-FIRST_REQUEST_WAIT = 0.005
 # Seconds a worker stops accepting when the process is out of descriptors.
 DESCRIPTOR_BACKOFF = 0.5
 # Descriptors kept free for everything but connections: model files, the
@@ -462,9 +459,10 @@ class KeepAliveWorker(base.Worker):
 
     def accept(self, listener) -> bool:
         """Take one new connection, if another worker has not, and serve its
-        first request at once if it is whole within ``FIRST_REQUEST_WAIT``:
-        as with the sync worker, a worker that takes a connection is free to
-        answer it, and other connections go to other workers meanwhile."""
+        first request at once if it is already whole: as with the sync
+        worker, a worker that takes a connection is free to answer it. The
+        worker never waits for it, so connections that stay silent cost
+        nothing but their socket."""
         try:
             sock, client = listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -485,10 +483,8 @@ class KeepAliveWorker(base.Worker):
         conn.mask = select.EPOLLIN
         if len(self.connections) >= self.max_connections:
             self.set_accepting(False)
-        ready = select.poll()
-        ready.register(sock, select.POLLIN)
-        if ready.poll(FIRST_REQUEST_WAIT * 1000):
-            conn.receive()
+        conn.receive()
+        if conn.inbuf:
             self.advance(conn)
             if conn in self.waiting:
                 del self.waiting[conn]
