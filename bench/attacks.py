@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import resource
 import select
 import shutil
@@ -31,36 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import slow_artifact, stop, wait_until  # noqa: E402  (the tests' own helpers)
 INFER = b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: depot\r\nContent-Type: application/json\r\n"
 HEAD = INFER + b"Content-Length: 1000\r\n\r\n"
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: depot\r\n\r\n"
 BAD_CHUNKS = {"zz": b"zz\r\nab\r\n", "-1": b"-1\r\nab\r\n", "0x2": b"0x2\r\nab\r\n",
               '" 2"': b" 2\r\nab\r\n", "3 bytes in a 2": b"2\r\nabc\r\n"}
 ROWS: list[str] = []
-
-
-def wait_until(check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (seen := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still {seen!r} after {timeout}s")
-        time.sleep(every)
-    return seen
-
-
-class _Sleep:
-    """Unpickles by sleeping (a load that keeps a worker busy), then is no model."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __reduce__(self):
-        return (time.sleep, (self.seconds,))
 
 
 @dataclass
@@ -137,13 +119,7 @@ def depot(home: Path, workers: int, keepalive: int | None = None, nofile: int | 
         wait_until(lambda: len(server.worker_pids()) == workers, timeout=20)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 # -- clients ----------------------------------------------------------------------
@@ -253,7 +229,7 @@ def timed_load(server: Server, model: str) -> tuple[int | str, float]:
 
 
 def add_slow_model(server: Server, seconds: float) -> None:
-    (server.models / "slow.joblib").write_bytes(pickle.dumps(_Sleep(seconds)))
+    (server.models / "slow.joblib").write_bytes(slow_artifact(seconds))
     wait_until(lambda: server.state("slow"), timeout=30)
 
 
@@ -368,7 +344,7 @@ def master_killed(home: Path, workers: int) -> None:
             restart = (f"same port and state: first answer (503) after "
                        f"{again.first_answer - again.started:.1f} s, ready after "
                        f"{time.monotonic() - again.started:.1f} s, {states}")
-    except (RuntimeError, TimeoutError) as e:
+    except (RuntimeError, AssertionError) as e:
         restart = f"restart failed: {e}"
     row("7", "SIGKILL of the master mid 30 s load", f"{workers} workers",
         f"— | {server.stuck} index polls timed out (10 s); all {len(pids)} workers "
