@@ -30,7 +30,7 @@ from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, Mod
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
 from .settings import Settings
-from .store import LOADING, READY, UNAVAILABLE, Row, Store, key
+from .store import LOADING, READY, UNAVAILABLE, Row, Store, key, open_store
 
 log = logging.getLogger("depot.registry")
 
@@ -81,7 +81,7 @@ class Registry:
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
-        return cls(settings, Store(settings.state_dir, settings.lock_timeout))
+        return cls(settings, open_store(settings))
 
     # -- data plane ---------------------------------------------------------
 

@@ -7,7 +7,6 @@ import pickle
 import random
 import signal
 import threading
-import time
 from collections import Counter
 
 import pytest

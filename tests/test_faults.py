@@ -21,7 +21,8 @@ import requests
 from app.errors import InsufficientStorage, ModelBusy, StateUnavailable
 from app.registry import LOAD_INTERRUPTED, Registry
 from app.settings import Settings
-from app.store import LOADING, Store, key
+from app.store import LOADING, key
+from app.store.sqlite import SQLiteStore as Store
 from conftest import MODELS, output, slow_artifact, spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"

@@ -7,7 +7,6 @@ import pickle
 import signal
 import socket
 import time
-from pathlib import Path
 
 import jsonschema
 import orjson

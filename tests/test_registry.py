@@ -7,7 +7,7 @@ import pytest
 from app.errors import LoadFailed, ModelNotFound, ModelNotReady
 from app.registry import LOAD_INTERRUPTED, Registry
 from app.settings import Settings
-from app.store import Store
+from app.store.sqlite import SQLiteStore as Store
 from conftest import MODELS
 
 

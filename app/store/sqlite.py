@@ -1,13 +1,10 @@
-"""The shared store: one truth about every model for all worker processes.
+"""The embedded store: SQLite in the state folder, for one host.
 
-SQLite in WAL mode: readers never block each other or the writer, and the file
-outlives any worker. Every write also bumps a change counter, committed in the
-same transaction and then mirrored into an 8-byte memory-mapped file. Reading
-that mirror costs a fraction of a microsecond, so a worker can check the shared
+WAL mode: readers never block each other or the writer, and the file outlives
+any worker. Every write also bumps a change counter, committed in the same
+transaction and then mirrored into an 8-byte memory-mapped file. Reading that
+mirror costs a fraction of a microsecond, so a worker can check the shared
 state on every request and re-read the rows only when something changed.
-Everything above this module talks to :class:`Store` alone (the change mark,
-read rows, a per-model lock, publish a row), so a store shared by many hosts
-can replace it without a change above.
 
 The files are the deployment's from the moment it first opens them: a
 database deleted or replaced later is refused (503), never served beside the
@@ -25,15 +22,11 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
-
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
+from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
+from . import LOADING, READY, UNAVAILABLE, Row, key  # noqa: F401  (re-exported)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -67,37 +60,7 @@ FULL_BELOW = 256 << 10
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def key(name: str) -> str:
-    """A file-name-safe key for a model name, whatever characters it has."""
-    return hashlib.sha1(name.encode()).hexdigest()[:20]
-
-
-@dataclass(frozen=True)
-class Row:
-    """The shared state of one version of a model. ``generation`` grows on every load and unload;
-    a worker whose copy has another generation must catch up before serving.
-    ``snapshot`` is the private copy of the artifact that every worker loads,
-    so all of them serve the same bytes whatever happens on disk later.
-    ``details`` is JSON (parameters, declared inputs/outputs), parsed only
-    off the hot path. ``fingerprint`` identifies the files on disk the row
-    was made from (for a READY model: the files it was loaded from)."""
-
-    name: str
-    version: str  # "" when the model has none
-    state: str
-    reason: str
-    generation: int
-    runtime: str | None
-    snapshot: str | None
-    source: str
-    details: str = "{}"
-    fingerprint: str = ""
-
-    def replace(self, **changes: object) -> "Row":
-        return dataclasses.replace(self, **changes)
-
-
-class Store:
+class SQLiteStore:
     def __init__(self, folder: Path, lock_timeout: float = 10.0) -> None:
         self.folder = folder
         self.path = folder / "registry.sqlite3"

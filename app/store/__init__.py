@@ -1,0 +1,101 @@
+"""The shared store: one truth about every model, for every worker process.
+
+Everything above this package talks to a :class:`Store` alone: a change mark
+cheap enough to read on every request, the rows, a per-model lock for
+control calls, and writes that publish a row. :mod:`app.store.sqlite` keeps
+it in the state folder, for one host; another store (many hosts on one
+database) implements the same protocol, and nothing above needs to know
+which one it talks to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ContextManager, Protocol
+
+if TYPE_CHECKING:
+    from ..errors import DepotError
+    from ..settings import Settings
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+
+
+def key(name: str) -> str:
+    """A file-name-safe key for a model name, whatever characters it has."""
+    return hashlib.sha1(name.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Row:
+    """The shared state of one version of a model. ``generation`` grows on every load and unload;
+    a worker whose copy has another generation must catch up before serving.
+    ``snapshot`` is the private copy of the artifact that every worker loads,
+    so all of them serve the same bytes whatever happens on disk later.
+    ``details`` is JSON (parameters, declared inputs/outputs), parsed only
+    off the hot path. ``fingerprint`` identifies the files on disk the row
+    was made from (for a READY model: the files it was loaded from)."""
+
+    name: str
+    version: str  # "" when the model has none
+    state: str
+    reason: str
+    generation: int
+    runtime: str | None
+    snapshot: str | None
+    source: str
+    details: str = "{}"
+    fingerprint: str = ""
+
+    def replace(self, **changes: object) -> "Row":
+        return dataclasses.replace(self, **changes)
+
+
+class Store(Protocol):
+    """What the registry needs of the deployment's shared state."""
+
+    def change_mark(self) -> int:
+        """A number that differs after every committed write, read locally
+        (no round trip): the per-request state check compares it."""
+
+    def get(self, name: str, version: str) -> Row | None: ...
+
+    def rows(self) -> list[Row]: ...
+
+    def put(self, row: Row) -> None:
+        """Publish a row (insert or replace) and move the change mark."""
+
+    def delete(self, name: str, version: str) -> None: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def is_fresh(self) -> bool:
+        """Whether there is no state of this version of Depot to adopt."""
+
+    def reset(self) -> None:
+        """Forget everything: a new deployment starts from the disk."""
+
+    def lock(self, name: str) -> ContextManager[None]:
+        """Serialise control calls on one model across every process, with
+        a deadline (then :class:`~app.errors.ModelBusy`)."""
+
+    def check_identity(self) -> None:
+        """Raise :class:`~app.errors.StateUnavailable` unless the store is
+        still the one this deployment opened."""
+
+    def health(self) -> str | None:
+        """Why the store cannot take writes now (readiness says it), or None."""
+
+    def refused(self, e: BaseException) -> "DepotError | None":
+        """The error to answer when the store refused a write, or None."""
+
+
+def open_store(settings: "Settings") -> Store:
+    """The store the settings name."""
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(settings.state_dir, settings.lock_timeout)
