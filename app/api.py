@@ -10,6 +10,7 @@ import hmac
 import time
 from typing import Any, Iterator
 
+import orjson
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
@@ -70,7 +71,15 @@ def server_metadata() -> Response:
 
 @model_route("")
 def model_metadata(name: str, version: str | None = None) -> Response:
-    return json_response(registry().metadata(name, version))
+    row = registry().row(name, version)
+    details = orjson.loads(row.details)
+    return json_response({
+        "name": row.name,
+        "versions": registry().versions(row.name),
+        "platform": row.runtime or "",
+        "inputs": details.get("inputs") or [],
+        "outputs": details.get("outputs") or [],
+    })
 
 
 @model_route("/ready")
@@ -177,7 +186,18 @@ def repository_index() -> Response:
     ready_only = body.get("ready", False)
     if not isinstance(ready_only, bool):
         raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
-    return json_response(registry().index(ready_only))
+    return json_response([index_entry(row) for row in registry().index(ready_only)])
+
+
+def index_entry(row: Row) -> dict[str, Any]:
+    """A model version as the repository extension lists it; no version
+    key for a model that has none, as MLServer and Triton answer."""
+    entry: dict[str, Any] = {"name": row.name}
+    if row.version:
+        entry["version"] = row.version
+    entry["state"] = row.state
+    entry["reason"] = row.reason
+    return entry
 
 
 @bp.post("/v2/repository/models/<name>/load")

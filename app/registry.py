@@ -1,11 +1,13 @@
-"""The registry: model versions -> state, shared by every worker, plus this
-worker's cache of loaded runtimes kept in line with it.
+"""The registry: model versions -> state, shared by every worker; it
+coordinates the store (the shared truth), this process's cache of runtimes
+(:mod:`app.cache`), the published artifacts (:mod:`app.snapshots`) and the
+models folder (:mod:`app.repository`).
 
 The shared truth is a :class:`~app.store.Row` per model version in the store.
-Each worker keeps ``{(name, version): (generation, runtime)}``; every request
-checks its model's row and, if the generation moved, catches up (loads the new
-snapshot or drops the copy) before serving. A background thread does the same
-eagerly, so the first request after a load is not the one that pays for it.
+Every request checks its model's row against the worker's copy and, if the
+generation moved, catches up (loads the new snapshot or drops the copy)
+before serving. A background thread does the same eagerly, so the first
+request after a load is not the one that pays for it.
 
 Control-plane calls hold the model's cross-process lock, load and verify the
 new copy in the calling worker, and only then publish the new generation. A
@@ -16,7 +18,6 @@ that hangs holds up only the calls for its own model.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,9 @@ from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, Mod
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
 from .settings import Settings
-from .store import LOADING, READY, UNAVAILABLE, Row, Store, key, open_store
+from .cache import Key, RuntimeCache
+from .snapshots import Snapshots
+from .store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
 
 log = logging.getLogger("depot.registry")
 
@@ -39,7 +42,6 @@ CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 
-Key = tuple[str, str]  # (name, version); version "" when the model has none
 
 
 def _describe(e: BaseException) -> str:
@@ -57,7 +59,7 @@ def _event(event: str, name: str, version: str, reason: str, level: int = loggin
             extra={"event": event, "model": name, "version": version, "reason": reason})
 
 
-class Snapshot:
+class View:
     """What a worker knows of the store at one change mark: every row by
     key, and each model's versions newest first."""
 
@@ -73,10 +75,9 @@ class Registry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._cache: dict[Key, tuple[int, runtimes.Runtime]] = {}
-        self._seen = Snapshot(-1, [])
-        self._lock = threading.RLock()  # held only to update the dicts below, never to build
-        self._building: dict[Key, threading.Lock] = {}  # one build of a key at a time
+        self.cache = RuntimeCache(self._build_copy)
+        self.snapshots = Snapshots(settings.state_dir / "snapshots")
+        self._seen = View(-1, [])
         self._syncing = False
 
     @classmethod
@@ -85,25 +86,25 @@ class Registry:
 
     # -- data plane ---------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
+    def view(self) -> View:
         """The store as it is now. The change mark is read first, so rows
         read after it are at least as new as the mark says."""
         mark = self.store.change_mark()
         seen = self._seen
         if mark != seen.mark:
-            seen = self._seen = Snapshot(mark, self.store.rows())
+            seen = self._seen = View(mark, self.store.rows())
         return seen
 
     def row(self, name: str, version: str | None = None, fresh: bool = False) -> Row:
         """One version's row; without a version, the newest READY one (else
         the newest), as Triton's default version policy serves."""
-        snapshot = Snapshot(0, self.store.rows()) if fresh else self.snapshot()
-        rows = snapshot.versions.get(name)
+        view = View(0, self.store.rows()) if fresh else self.view()
+        rows = view.versions.get(name)
         if not rows:
             raise ModelNotFound(f"model {name!r} not found")
         if version is None:
             return next((r for r in rows if r.state == READY), rows[0])
-        row = snapshot.rows.get((name, version))
+        row = view.rows.get((name, version))
         if row is None:
             raise ModelNotFound(f"model {name!r} has no version {version!r}")
         return row
@@ -114,14 +115,14 @@ class Registry:
         row = self.row(name, version)
         for _ in range(3):
             if row.state != READY:
-                self._drop((row.name, row.version))
+                self.cache.drop((row.name, row.version))
                 raise ModelNotReady(f"model {_label(name, row.version)} is not ready "
                                     f"({row.state}: {row.reason})")
-            cached = self._cache.get((row.name, row.version))
-            if cached is not None and cached[0] == row.generation:
-                return row, cached[1]
+            runtime = self.cache.get((row.name, row.version), row.generation)
+            if runtime is not None:
+                return row, runtime
             try:
-                return row, self._catch_up(row)
+                return row, self.cache.catch_up(row)
             except ModelNotReady:
                 # A load or unload may have replaced that generation's
                 # snapshot while we read it: if so, serve what holds now.
@@ -131,45 +132,29 @@ class Registry:
                 row = newer
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
-    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """Every model version's state, read from the store: a 503 rather
-        than the rows of a database that is no longer the deployment's."""
+    def index(self, ready_only: bool = False) -> list[Row]:
+        """Every model version's row, by name and version, read from the
+        store: a 503 rather than the rows of a database that is no longer
+        the deployment's."""
         self.store.check_identity()
         rows = sorted(self.store.rows(), key=lambda r: (r.name, version_key(r.version)))
-        entries = []
-        for row in rows:
-            if ready_only and row.state != READY:
-                continue
-            entry: dict[str, Any] = {"name": row.name}
-            if row.version:
-                entry["version"] = row.version
-            entry["state"] = row.state
-            entry["reason"] = row.reason
-            entries.append(entry)
-        return entries
+        return [r for r in rows if r.state == READY] if ready_only else rows
 
-    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        row = self.row(name, version)
-        details = orjson.loads(row.details)
-        versions = [r.version for r in self.snapshot().versions[name] if r.version]
-        return {
-            "name": row.name,
-            "versions": sorted(versions, key=version_key),
-            "platform": row.runtime or "",
-            "inputs": details.get("inputs") or [],
-            "outputs": details.get("outputs") or [],
-        }
+    def versions(self, name: str) -> list[str]:
+        """A model's named versions, oldest first."""
+        found = [r.version for r in self.view().versions.get(name, []) if r.version]
+        return sorted(found, key=version_key)
 
     def stats_keys(self, name: str | None, version: str | None) -> list[Key]:
         """The (name, version) pairs a statistics request covers: every
         version of every model, of one model, or one version (404 if unknown)."""
-        snapshot = self.snapshot()
+        view = self.view()
         if name is None:
-            return sorted(snapshot.rows)
+            return sorted(view.rows)
         if version is not None:
             self.row(name, version)
             return [(name, version)]
-        rows = snapshot.versions.get(name)
+        rows = view.versions.get(name)
         if not rows:
             raise ModelNotFound(f"model {name!r} not found")
         return sorted((r.name, r.version) for r in rows)
@@ -208,7 +193,7 @@ class Registry:
         fresh = self.store.is_fresh() or not self.server_ready()
         if fresh:
             self.store.reset()
-            shutil.rmtree(self._snapshots(), ignore_errors=True)
+            self.snapshots.clear()
         else:
             self._adopt()
         self.reconcile()
@@ -236,9 +221,7 @@ class Registry:
                     self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED,
                                                snapshot=None))
                     _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
-        for folder in self._snapshots().glob("*/*"):
-            if folder not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
+        self.snapshots.keep_only(keep)
 
     def _restore(self, row: Row) -> bool:
         """Load a READY row's snapshot into this process's cache (in the
@@ -254,7 +237,7 @@ class Registry:
                                        generation=row.generation + 1))
             _event("fail", row.name, row.version, reason, logging.WARNING)
             return False
-        self._swap((row.name, row.version), row.generation, runtime)
+        self.cache.put((row.name, row.version), row.generation, runtime)
         _event("restore", row.name, row.version, f"generation {row.generation}")
         return True
 
@@ -354,8 +337,8 @@ class Registry:
                 new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None,
                                   generation=row.generation + 1)
                 self.store.put(new)
-                self._drop((row.name, row.version))
-                self._discard_snapshots(row.name, row.version, keep=None)
+                self.cache.drop((row.name, row.version))
+                self.snapshots.discard(row.name, row.version, keep=None)
                 unloaded.append(new)
                 _event("unload", row.name, row.version, "unloaded")
             return unloaded
@@ -364,16 +347,15 @@ class Registry:
 
     def sync(self) -> None:
         """Bring this worker's cache in line with every row at once."""
-        rows = self.snapshot().rows
-        for cached in list(self._cache):
+        rows = self.view().rows
+        for cached in self.cache.keys():
             row = rows.get(cached)
             if row is None or row.state != READY:
-                self._drop(cached)
+                self.cache.drop(cached)
         for row in rows.values():
-            cached = self._cache.get((row.name, row.version))
-            if row.state == READY and (cached is None or cached[0] != row.generation):
+            if row.state == READY and self.cache.generation((row.name, row.version)) != row.generation:
                 try:
-                    self._catch_up(row)
+                    self.cache.catch_up(row)
                 except ModelNotReady as e:
                     log.error("%s", e.message)
 
@@ -399,39 +381,13 @@ class Registry:
 
         threading.Thread(target=loop, name="depot-sync", daemon=True).start()
 
-    def _catch_up(self, row: Row) -> runtimes.Runtime:
-        """Build this worker's copy of a row's snapshot. Building can take
-        seconds, so it holds only that key's lock (two threads never build
-        the same copy twice): requests and unloads of other models go on."""
-        key_ = (row.name, row.version)
-        with self._lock:
-            building = self._building.setdefault(key_, threading.Lock())
-        with building:
-            cached = self._cache.get(key_)
-            if cached is not None and cached[0] == row.generation:
-                return cached[1]
-            try:
-                runtime = self._build(row.runtime, Path(row.snapshot or ""), row.details)
-            except (Exception, SystemExit) as e:  # a pickle may call exit()
-                raise ModelNotReady(f"model {_label(row.name, row.version)} could not be "
-                                    f"loaded on this worker: {_describe(e)}") from None
-            self._swap(key_, row.generation, runtime)
-            return runtime
-
-    def _swap(self, key_: Key, generation: int, runtime: runtimes.Runtime) -> None:
-        with self._lock:
-            old = self._cache.get(key_)
-            self._cache[key_] = (generation, runtime)
-        if old is not None and old[1] is not runtime:
-            old[1].unload()
-
-    def _drop(self, key_: Key) -> None:
-        if key_ not in self._cache:
-            return
-        with self._lock:
-            old = self._cache.pop(key_, None)
-        if old is not None:
-            old[1].unload()
+    def _build_copy(self, row: Row) -> runtimes.Runtime:
+        """This worker's copy of a published row, from its snapshot."""
+        try:
+            return self._build(row.runtime, Path(row.snapshot or ""), row.details)
+        except (Exception, SystemExit) as e:  # a pickle may call exit()
+            raise ModelNotReady(f"model {_label(row.name, row.version)} could not be "
+                                f"loaded on this worker: {_describe(e)}") from None
 
     # -- loading ------------------------------------------------------------
 
@@ -462,11 +418,9 @@ class Registry:
         mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
         row = self._registered(spec, stored)
         generation = row.generation + 1
-        folder = self._snapshot_dir(spec.name, spec.version, generation)
         runtime = None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            artifact = Path(shutil.copy2(spec.artifact, folder / spec.artifact.name))
+            artifact = self.snapshots.copy(spec.name, spec.version, generation, spec.artifact)
             if row.state != READY:
                 self.store.put(row.replace(state=LOADING, reason="loading"))
             details = self._details(spec)
@@ -481,12 +435,12 @@ class Registry:
                               snapshot=str(artifact), details=details, fingerprint=mark)
             self.store.put(new)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.snapshots.remove(spec.name, spec.version, generation)
             if runtime is not None:
                 runtime.unload()
             raise
-        self._swap((spec.name, spec.version), generation, runtime)
-        self._discard_snapshots(spec.name, spec.version, keep=generation)
+        self.cache.put((spec.name, spec.version), generation, runtime)
+        self.snapshots.discard(spec.name, spec.version, keep=generation)
         return new
 
     def _publish_failure(self, spec: ModelSpec, row: Row, message: str) -> None:
@@ -558,24 +512,10 @@ class Registry:
             row = row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED, snapshot=None)
             self.store.put(row)
             _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
-        self._discard_snapshots(row.name, row.version,
+        self.snapshots.discard(row.name, row.version,
                                 keep=row.generation if row.state == READY else None)
 
     def _forget(self, name: str, version: str) -> None:
         self.store.delete(name, version)
-        self._drop((name, version))
-        self._discard_snapshots(name, version, keep=None)
-
-    def _snapshots(self) -> Path:
-        return self.settings.state_dir / "snapshots"
-
-    def _snapshot_dir(self, name: str, version: str, generation: int) -> Path:
-        return self._snapshots() / key(f"{name}\0{version}") / str(generation)
-
-    def _discard_snapshots(self, name: str, version: str, keep: int | None) -> None:
-        folder = self._snapshots() / key(f"{name}\0{version}")
-        if not folder.is_dir():
-            return
-        for child in folder.iterdir():
-            if child.name != str(keep):
-                shutil.rmtree(child, ignore_errors=True)
+        self.cache.drop((name, version))
+        self.snapshots.discard(name, version, keep=None)

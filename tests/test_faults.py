@@ -80,7 +80,7 @@ def registry(tmp_path):
 
 
 def _partial_copy(registry, name, version, generation):
-    folder = registry._snapshot_dir(name, version, generation)
+    folder = registry.snapshots.folder(name, version, generation)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "half-written.bin").write_bytes(b"\0" * 100)
     return folder
@@ -121,7 +121,7 @@ def test_a_refused_copy_leaves_the_row_as_it_was(registry, monkeypatch):
     after = {r.name: r for r in registry.store.rows()}
     assert after[SVM].state == "READY" and after[SVM].generation == before[SVM].generation
     assert after[XGB].state == "UNAVAILABLE" and "is full" in after[XGB].reason
-    snapshots = registry._snapshots()
+    snapshots = registry.snapshots.root
     assert [p.parent.name for p in snapshots.glob("*/*/*")] == [str(after[SVM].generation)]
 
 
@@ -286,7 +286,14 @@ def read_only(folder: Path):
     if mounted.returncode != 0:
         pytest.skip(f"cannot bind-mount (needs root): {mounted.stderr.strip()}")
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        for _ in range(10):  # remount now and then fails with "busy" while the mount settles
+            remounted = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)],
+                                       capture_output=True, text=True)
+            if remounted.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.skip(f"cannot remount read-only: {remounted.stderr.strip()}")
         yield folder
     finally:  # lazily: files opened read-only meanwhile are let go at their next use
         subprocess.run(["umount", "--lazy", str(folder)], check=True)

@@ -63,10 +63,10 @@ def test_versions_and_unknown_names(workers):
 def test_sync_drops_and_loads_eagerly(workers):
     a, b = workers
     b.sync()
-    assert set(b._cache) == {("mnist-svm", "v0.1.0"), ("mushroom-xgboost", "v0.1.0")}
+    assert set(b.cache.keys()) == {("mnist-svm", "v0.1.0"), ("mushroom-xgboost", "v0.1.0")}
     a.unload("mnist-svm")
     b.sync()
-    assert set(b._cache) == {("mushroom-xgboost", "v0.1.0")}
+    assert set(b.cache.keys()) == {("mushroom-xgboost", "v0.1.0")}
 
 
 def test_failed_load_is_recorded(tmp_path):
@@ -74,9 +74,9 @@ def test_failed_load_is_recorded(tmp_path):
     (tmp_path / "models" / "bad.joblib").write_bytes(b"garbage")
     registry = Registry.open(Settings(models=tmp_path / "models", state_dir=tmp_path / "s"))
     registry.startup()
-    assert registry.index() == [{"name": "bad", "state": "UNAVAILABLE",
-                                 "reason": registry.index()[0]["reason"]}]
-    assert registry.index()[0]["reason"].startswith("load failed: ")
+    (row,) = registry.index()
+    assert (row.name, row.state) == ("bad", "UNAVAILABLE")
+    assert row.reason.startswith("load failed: ")
     with pytest.raises(LoadFailed):
         registry.load("bad")
 
@@ -90,7 +90,7 @@ def test_startup_replaces_tables_an_older_depot_left(tmp_path):
         db.execute("CREATE TABLE models (name TEXT PRIMARY KEY, state TEXT)")
     registry = Registry.open(Settings(models=MODELS, state_dir=state))
     registry.startup()
-    assert {e["state"] for e in registry.index()} == {"READY"}
+    assert {r.state for r in registry.index()} == {"READY"}
 
 
 def test_a_restart_adopts_the_state_and_clears_what_no_row_serves(tmp_path):
@@ -101,8 +101,8 @@ def test_a_restart_adopts_the_state_and_clears_what_no_row_serves(tmp_path):
     # the loader of mnist died half-way, and a copy of an old generation was left behind
     row = first.store.get("mnist-svm", "v0.1.0")
     first.store.put(row.replace(state="LOADING", reason="loading"))
-    partial = first._snapshot_dir("mnist-svm", "v0.1.0", row.generation + 1)
-    stale = first._snapshot_dir("mushroom-xgboost", "v0.1.0", 0)
+    partial = first.snapshots.folder("mnist-svm", "v0.1.0", row.generation + 1)
+    stale = first.snapshots.folder("mushroom-xgboost", "v0.1.0", 0)
     for folder in (partial, stale):
         folder.mkdir(parents=True)
         (folder / "model.joblib").write_bytes(b"half")
@@ -114,5 +114,5 @@ def test_a_restart_adopts_the_state_and_clears_what_no_row_serves(tmp_path):
     mnist = second.store.get("mnist-svm", "v0.1.0")
     assert (mnist.state, mnist.reason) == ("UNAVAILABLE", LOAD_INTERRUPTED)
     assert second.store.get("mushroom-xgboost", "v0.1.0") == ready
-    assert second._cache[("mushroom-xgboost", "v0.1.0")][0] == ready.generation
+    assert second.cache.generation(("mushroom-xgboost", "v0.1.0")) == ready.generation
     assert [str(p) for p in settings.state_dir.glob("snapshots/*/*/*")] == [ready.snapshot]
