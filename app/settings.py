@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
@@ -74,6 +74,36 @@ def parse_log_level(value: str) -> str:
     return level
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite://"
+
+
+def parse_state_url(value: str) -> str:
+    """Where the deployment's state lives: ``sqlite:///<path>`` (the
+    embedded store, in that folder) or ``postgresql://`` / ``postgres://``
+    (libpq reads the rest when the store connects). Only the scheme is shown
+    back in an error: the rest may hold a password."""
+    url = value.strip()
+    if url.startswith(POSTGRES_SCHEMES):
+        return url
+    if url.startswith(SQLITE_SCHEME) and url[len(SQLITE_SCHEME):].strip("/"):
+        return url
+    scheme, sep, _ = url.partition("://")
+    got = f"a {scheme!r} URL" if sep else "no URL"
+    raise ValueError("expected sqlite:///<path> or postgresql://user:password@host:port/database"
+                     f", got {got}")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and url.startswith(POSTGRES_SCHEMES)
+
+
+def sqlite_folder(url: str) -> Path:
+    """The state folder a ``sqlite:///<path>`` URL names (any number of
+    slashes before an absolute path)."""
+    return Path("/" + url[len(SQLITE_SCHEME):].lstrip("/")).resolve()
+
+
 def default_state_dir(models: Path) -> Path:
     """One state folder per repository, so two deployments of different
     repositories never share a registry by accident."""
@@ -105,6 +135,9 @@ class Settings:
     metrics_dir: Path | None = None
     #: follow symlinks that lead outside the models folder (a trust boundary)
     follow_symlinks: bool = False
+    #: DEPOT_STATE_URL: None or ``sqlite:///…`` for SQLite in ``state_dir``,
+    #: ``postgresql://…`` for PostgreSQL; kept out of repr (it may hold a password)
+    state_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -120,10 +153,15 @@ class Settings:
                 raise SettingsError(f"{name}: {e}") from None
 
         models = Path(env.get("DEPOT_MODELS") or "models").resolve()
+        state_url = read("DEPOT_STATE_URL", parse_state_url, None)
+        state_dir = read("DEPOT_STATE_DIR", lambda v: Path(v).resolve(),
+                         default_state_dir(models))
+        if state_url is not None and state_url.startswith(SQLITE_SCHEME):
+            state_dir = sqlite_folder(state_url)
         return cls(
             models=models,
-            state_dir=read("DEPOT_STATE_DIR", lambda v: Path(v).resolve(),
-                           default_state_dir(models)),
+            state_dir=state_dir,
+            state_url=state_url,
             load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool, True),
             api_key=env.get("DEPOT_API_KEY") or None,
             max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),

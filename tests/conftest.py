@@ -27,6 +27,8 @@ import requests
 import xgboost as xgb
 from sklearn.datasets import load_digits
 
+from postgres import postgres, postgres_url  # noqa: F401  (fixtures: a private PostgreSQL)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 

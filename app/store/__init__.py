@@ -53,6 +53,10 @@ class Row:
         return dataclasses.replace(self, **changes)
 
 
+#: the rows' columns, in the order of Row's fields, for every store's SQL
+COLUMNS = ", ".join(f.name for f in dataclasses.fields(Row))
+
+
 class Store(Protocol):
     """What the registry needs of the deployment's shared state."""
 
@@ -95,7 +99,14 @@ class Store(Protocol):
 
 
 def open_store(settings: "Settings") -> Store:
-    """The store the settings name."""
+    """The store the settings name: PostgreSQL for a ``postgresql://`` state
+    URL, else SQLite in the state folder."""
+    from ..settings import is_postgres_url
+
+    if is_postgres_url(settings.state_url):
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings.state_url, settings.state_dir, settings.lock_timeout)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(settings.state_dir, settings.lock_timeout)

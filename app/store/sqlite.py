@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
-from . import LOADING, READY, UNAVAILABLE, Row, key  # noqa: F401  (re-exported)
+from . import folder as state_folder
+from . import LOADING, READY, UNAVAILABLE, COLUMNS, Row, key  # noqa: F401  (re-exported)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -46,7 +47,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
 INSERT OR IGNORE INTO changes VALUES (0, 0);
 """
-COLUMNS = "name, version, state, reason, generation, runtime, snapshot, source, details, fingerprint"
 #: names these tables: a state folder whose meta says otherwise holds none of
 #: this version's (it is new, or an older Depot's) and has nothing to adopt
 SCHEMA_ID = hashlib.sha1(SCHEMA.encode()).hexdigest()[:12]
@@ -56,8 +56,6 @@ SCHEMA_ID = hashlib.sha1(SCHEMA.encode()).hexdigest()[:12]
 LOCK_POLL = 0.02
 #: free bytes below which the state folder counts as full for readiness: a
 #: load needs room for its snapshot, a write room for its WAL frames
-FULL_BELOW = 256 << 10
-FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SQLiteStore:
@@ -138,33 +136,23 @@ class SQLiteStore:
         Readiness reports it before a control call runs into it."""
         try:
             self.check_identity()
-            found = os.statvfs(self.folder)
         except StateUnavailable as e:
             return e.message
-        except OSError as e:
-            return f"the state folder {self.folder} cannot be read: {e.strerror}"
-        if found.f_flag & os.ST_RDONLY:
-            return f"the state folder {self.folder} is read-only; Depot cannot record loads"
-        free = found.f_bavail * found.f_frsize
-        if free < FULL_BELOW:
-            return (f"the state folder {self.folder} is full ({free >> 10} KiB free); "
-                    "free space there")
-        return None
+        return state_folder.problem(self.folder)
 
     def refused(self, e: BaseException) -> DepotError | None:
         """The error to answer when the state folder refused a write (it is
         full, or read-only), or None when ``e`` is some other failure."""
         if isinstance(e, (InsufficientStorage, StateUnavailable)):
             return e
-        errno_ = e.errno if isinstance(e, OSError) else None
-        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        if errno_ in FULL_ERRNOS or (isinstance(e, sqlite3.Error) and "disk is full" in text):
-            return InsufficientStorage(f"the state folder {self.folder} is full ({text}); "
-                                       "free space there, then try again")
-        if errno_ == errno.EROFS or (isinstance(e, sqlite3.Error) and "readonly" in text):
-            return StateUnavailable(f"the state folder {self.folder} is read-only ({text}); "
-                                    "make it writable, then try again")
-        return None
+        if isinstance(e, sqlite3.Error):
+            text = str(e)
+            errno_ = errno.ENOSPC if "disk is full" in text else \
+                errno.EROFS if "readonly" in text else None
+        else:
+            errno_ = e.errno if isinstance(e, OSError) else None
+            text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return state_folder.refusal(self.folder, errno_, text)
 
     def change_mark(self) -> int:
         """A number that differs after every committed write. Mirrors are
