@@ -17,10 +17,11 @@ that hangs holds up only the calls for its own model.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -40,6 +41,8 @@ log = logging.getLogger("depot.registry")
 NEW_ON_DISK = "new on disk: call load"
 CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
+LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
+                "DEPOT_LEASE_SECONDS; it serves again once it is back")
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 
 
@@ -112,6 +115,8 @@ class Registry:
     def get_ready(self, name: str, version: str | None = None) -> tuple[Row, runtimes.Runtime]:
         """The row and this worker's runtime for a model version, brought in
         line with the shared generation: the one state check of an inference."""
+        if not self.store.vouches():
+            raise StateUnavailable(LEASE_LAPSED)
         row = self.row(name, version)
         for _ in range(3):
             if row.state != READY:
@@ -168,6 +173,8 @@ class Registry:
         deleted or replaced). Loaded models serve on in every case; the
         reason says what to mend before control calls can work again."""
         problem = self.store.health()
+        if problem is None and not self.store.vouches():
+            problem = LEASE_LAPSED
         if problem is None and not self.server_ready():
             problem = "starting up: models are loading"
         return problem
@@ -254,6 +261,20 @@ class Registry:
             if (row.name, row.version) not in on_disk and Path(row.source).name not in busy:
                 self._unless_busy(self.forget, row.name, row.version)
 
+    @contextlib.contextmanager
+    def _applied(self) -> Iterator[None]:
+        """After the body's writes, wait until every process of the
+        deployment has applied them (a shared store's hosts; nothing to wait
+        for on one host). An error of the body is the call's answer."""
+        try:
+            yield
+        finally:
+            try:
+                self.store.wait_applied()
+            except DepotError as e:
+                log.warning("could not confirm that every host applied the change: %s",
+                            e.message)
+
     @staticmethod
     def _unless_busy(call: Callable[..., None], *args: Any) -> None:
         """A model whose lock another call holds past the deadline is left
@@ -306,8 +327,9 @@ class Registry:
 
     def load(self, name: str) -> list[Row]:
         """Load (or reload) every version of a model from the disk. All are
-        tried; if any fails, the call fails with every reason."""
-        with self.store.lock(name):
+        tried; if any fails, the call fails with every reason. It returns
+        once every process of the deployment has applied the outcome."""
+        with self.store.lock(name), self._applied():
             specs = self._find(name)
             on_disk = {spec.version for spec in specs}
             for row in self._rows_of(name):
@@ -328,7 +350,9 @@ class Registry:
             return loaded
 
     def unload(self, name: str) -> list[Row]:
-        with self.store.lock(name):
+        """Unload every version of a model; it returns once no process of
+        the deployment serves it."""
+        with self.store.lock(name), self._applied():
             rows = self._rows_of(name) or [self._registered(s) for s in self._find(name)]
             if not rows:
                 raise ModelNotFound(f"model {name!r} is not in the repository")

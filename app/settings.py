@@ -138,6 +138,9 @@ class Settings:
     #: DEPOT_STATE_URL: None or ``sqlite:///…`` for SQLite in ``state_dir``,
     #: ``postgresql://…`` for PostgreSQL; kept out of repr (it may hold a password)
     state_url: str | None = field(default=None, repr=False)
+    #: seconds a host may go without telling a shared store what it has
+    #: applied before it stops serving (and the others stop waiting for it)
+    lease_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -162,6 +165,8 @@ class Settings:
             models=models,
             state_dir=state_dir,
             state_url=state_url,
+            lease_seconds=read("DEPOT_LEASE_SECONDS", lambda v: _number(
+                v, float, "seconds, at least 2", lambda x: 2 <= x < float("inf")), 10.0),
             load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool, True),
             api_key=env.get("DEPOT_API_KEY") or None,
             max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),

@@ -47,3 +47,15 @@ def test_a_state_url_libpq_cannot_read_is_a_settings_error_without_its_password(
         open_store(settings)
     assert "s3cret" not in str(e.value)
     assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize("raw, seconds", [(None, 10.0), ("2.5", 2.5)])
+def test_lease_seconds(raw, seconds):
+    env = {} if raw is None else {"DEPOT_LEASE_SECONDS": raw}
+    assert Settings.from_env(env).lease_seconds == seconds
+
+
+@pytest.mark.parametrize("raw", ["1", "0", "soon"])
+def test_a_lease_shorter_than_two_seconds_is_refused(raw):
+    with pytest.raises(SettingsError, match="DEPOT_LEASE_SECONDS: expected seconds, at least 2"):
+        Settings.from_env({"DEPOT_LEASE_SECONDS": raw})

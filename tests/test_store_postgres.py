@@ -153,6 +153,53 @@ def test_change_mark_is_a_local_read(host, tmp_path):
     assert pg_us < 5  # a round trip is ~100 us even on loopback
 
 
+# -- acknowledgements and the lease -------------------------------------------------
+
+def test_a_write_returns_applied_once_every_live_host_has_heard_it(host):
+    a, b = host("a", lease_seconds=3), host("b", lease_seconds=3)
+    a.reset()
+    assert b.vouches() and a.vouches()
+    for generation in range(5):
+        a.put(ROW.replace(generation=generation))
+        started = time.monotonic()
+        a.wait_applied()
+        assert time.monotonic() - started < 1
+        assert b.change_mark() == a.change_mark()  # b's next request reads the new row
+
+
+def test_a_host_that_stops_hearing_stops_serving_before_the_others_stop_waiting(host):
+    """b's listener stops (as when b cannot reach the database): a's write
+    waits for b at most a lease, and by then b no longer vouches for what it
+    knows; once b listens again, it serves again."""
+    a, b = host("a", lease_seconds=3), host("b", lease_seconds=3)
+    a.reset()
+    assert b.vouches()
+    listener = b._proc
+    listener.stopping.set()
+    listener.listener.join(timeout=5)
+    a.put(ROW)
+    started = time.monotonic()
+    a.wait_applied()
+    waited = time.monotonic() - started
+    assert 1.0 < waited < 4.5, waited
+    assert not b.vouches()
+    assert b.change_mark() < a.change_mark()  # behind, and not serving: no stale answer
+    listener.stopping.clear()
+    listener.listening.clear()
+    listener.listener = None  # the next call starts it again
+    wait_until(b.vouches, timeout=5)
+    assert b.change_mark() == a.change_mark()
+
+
+def test_a_database_outage_ends_the_lease_and_its_return_renews_it(host, postgres):
+    store = host("a", lease_seconds=2)
+    store.reset()
+    assert store.vouches()
+    with postgres.down():
+        wait_until(lambda: not store.vouches(), timeout=5)
+    wait_until(store.vouches, timeout=15)
+
+
 def test_a_lock_on_one_host_makes_the_other_wait_then_answer_busy(host):
     a, b = host("a"), host("b", lock_timeout=0.5)
     with a.lock("m"):

@@ -87,6 +87,15 @@ class Store(Protocol):
         """Serialise control calls on one model across every process, with
         a deadline (then :class:`~app.errors.ModelBusy`)."""
 
+    def vouches(self) -> bool:
+        """Whether this process may serve what it knows of the state: a
+        host that has lost touch with a shared store stops serving (503)
+        until it is back. Read on every request, so it is local."""
+
+    def wait_applied(self) -> None:
+        """Return once every live process of the deployment has applied this
+        process's last write (or its lease has lapsed)."""
+
     def check_identity(self) -> None:
         """Raise :class:`~app.errors.StateUnavailable` unless the store is
         still the one this deployment opened."""
@@ -106,7 +115,8 @@ def open_store(settings: "Settings") -> Store:
     if is_postgres_url(settings.state_url):
         from .postgres import PostgresStore
 
-        return PostgresStore(settings.state_url, settings.state_dir, settings.lock_timeout)
+        return PostgresStore(settings.state_url, settings.state_dir, settings.lock_timeout,
+                             lease_seconds=settings.lease_seconds)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(settings.state_dir, settings.lock_timeout)

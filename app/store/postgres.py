@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS models (
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acks (process TEXT PRIMARY KEY, mark BIGINT NOT NULL,
+                                 renewed TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 0), n BIGINT NOT NULL);
 INSERT INTO changes VALUES (0, 0) ON CONFLICT DO NOTHING;
 """
@@ -93,6 +95,17 @@ LOCK_POLL = 0.02
 #: seconds the listener waits for a notification before it re-reads the
 #: counter anyway (so a lost session or notification costs at most this)
 HEARTBEAT = 1.0
+#: every process that listens says, in ``acks``, which mark it has applied and
+#: when it last could; a control call waits for the others (see wait_applied)
+ACK = ("INSERT INTO acks VALUES (%s, %s, now()) ON CONFLICT (process) "
+       "DO UPDATE SET mark = EXCLUDED.mark, renewed = now()")
+BEHIND = ("SELECT count(*) FROM acks WHERE mark < %s AND process <> %s "
+          "AND renewed > now() - make_interval(secs => %s)")
+#: seconds between two looks at the others' acknowledgements
+ACK_POLL = 0.01
+#: a process stops vouching this long before the others give up on it, so a
+#: caller that stops waiting for it can be sure it serves no longer
+LEASE_MARGIN = 1.0
 #: seconds after a failed connection during which calls fail at once
 #: instead of each waiting for its own connection attempt to time out
 RETRY_AFTER = 1.0
@@ -130,10 +143,13 @@ class _Process:
         #: the newest change mark this process has heard of
         self.mark = mark
         self.listener: threading.Thread | None = None
+        self.listen_since = 0.0
         self.listening = threading.Event()  # set once the listener has read the counter
         self.stopping = threading.Event()
         #: monotonic time of the listener's last word from the database
         self.heard_at = 0.0
+        #: monotonic time this process last told the database its mark
+        self.acked_at = 0.0
         #: after a failed connection: until when to fail at once, and with what
         self.down: tuple[float, StateUnavailable] | None = None
 
@@ -145,9 +161,10 @@ class PostgresStore:
     database (``application_name``)."""
 
     def __init__(self, url: str, state_dir: Path, lock_timeout: float = 10.0,
-                 host_id: str | None = None) -> None:
+                 host_id: str | None = None, lease_seconds: float = 10.0) -> None:
         self.folder = Path(state_dir)
         self.lock_timeout = lock_timeout
+        self.lease_seconds = lease_seconds
         self.host_id = host_id or f"{socket.gethostname()}-{key(str(self.folder))[:8]}"
         try:
             params = conninfo_to_dict(url)
@@ -274,7 +291,7 @@ class PostgresStore:
         last one heard (what a host that cannot hear the database may still
         serve is the lease's question, not this one's)."""
         proc = self._proc
-        if proc is None or proc.pid != os.getpid() or proc.listener is None:
+        if proc is None or proc.pid != os.getpid() or not proc.listening.is_set():
             proc = self._start_listener()
         return proc.mark
 
@@ -286,8 +303,12 @@ class PostgresStore:
             if proc.listener is None:
                 proc.listener = threading.Thread(target=self._listen, args=(proc,),
                                                  name="depot-state-listener", daemon=True)
+                proc.listen_since = time.monotonic()
                 proc.listener.start()
-        proc.listening.wait(LISTEN_WAIT)
+        # Every caller waits until the first read, but no caller past
+        # LISTEN_WAIT from the start: a database that is down makes a 503,
+        # not a worker that waits on every request.
+        proc.listening.wait(max(0.0, proc.listen_since + LISTEN_WAIT - time.monotonic()))
         return proc
 
     def _listen(self, proc: _Process) -> None:
@@ -308,10 +329,13 @@ class PostgresStore:
                         (proc.mark,) = conn.execute(
                             "SELECT n FROM changes WHERE id = 0").fetchone()
                         proc.heard_at = time.monotonic()
+                        self._ack(conn, proc)
                         proc.listening.set()
-                        for note in conn.notifies(timeout=HEARTBEAT):
+                        # One notification (or a heartbeat's silence), then the
+                        # counter is read again and acknowledged above.
+                        for note in conn.notifies(timeout=HEARTBEAT, stop_after=1):
                             if note.payload.isdigit():  # anyone may NOTIFY the channel
-                                proc.mark = int(note.payload)
+                                proc.mark = max(proc.mark, int(note.payload))
                                 proc.heard_at = time.monotonic()
             except psycopg.Error:
                 proc.stale = True
@@ -320,6 +344,41 @@ class PostgresStore:
                 log.warning("the state listener failed (%s: %s); it listens again",
                             type(e).__name__, self._text(e))
                 proc.stopping.wait(RETRY_AFTER)
+
+    # -- acknowledgements and the lease ------------------------------------------
+
+    def _process(self, proc: _Process) -> str:
+        return f"{self.host_id}:{proc.pid}"
+
+    def _ack(self, conn: psycopg.Connection, proc: _Process) -> None:
+        """Tell the others which mark this process has applied: the next
+        request it serves reads the rows of that mark or a newer one."""
+        conn.execute(ACK, (self._process(proc), proc.mark))
+        proc.acked_at = time.monotonic()
+
+    def vouches(self) -> bool:
+        """Whether this process may serve what it knows: it told the
+        database its mark within its lease (less a margin). A process that
+        cannot reach the database stops serving before the others stop
+        waiting for it, and serves again once its listener is back."""
+        proc = self._proc
+        if proc is None or proc.pid != os.getpid() or not proc.listening.is_set():
+            proc = self._start_listener()
+        return time.monotonic() - proc.acked_at < self.lease_seconds - LEASE_MARGIN
+
+    def wait_applied(self) -> None:
+        """Return once every other process whose lease is live has applied
+        this process's newest write, or after a lease at most (a process
+        still behind by then no longer serves: see :meth:`vouches`)."""
+        proc = self._here()
+        deadline = time.monotonic() + self.lease_seconds
+        while True:
+            with self._session() as conn:
+                (behind,) = conn.execute(
+                    BEHIND, (proc.mark, self._process(proc), self.lease_seconds)).fetchone()
+            if not behind or time.monotonic() >= deadline:
+                return
+            time.sleep(ACK_POLL)
 
     # -- reads and writes -------------------------------------------------------
 
@@ -366,7 +425,7 @@ class PostgresStore:
         The counter survives, so every mark heard before differs from the
         ones after."""
         self._write(("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,)),
-                    ("DROP TABLE IF EXISTS models, meta", None),
+                    ("DROP TABLE IF EXISTS models, meta, acks", None),
                     (SCHEMA, None),
                     ("INSERT INTO meta VALUES ('schema', %s)", (SCHEMA_ID,)))
 

@@ -154,6 +154,14 @@ class SQLiteStore:
             text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return state_folder.refusal(self.folder, errno_, text)
 
+    def vouches(self) -> bool:
+        """Always: every process of the host reads the same file."""
+        return True
+
+    def wait_applied(self) -> None:
+        """Nothing to wait for: the change mirror is shared by every process
+        of the host, so a write holds for all of them when it returns."""
+
     def change_mark(self) -> int:
         """A number that differs after every committed write. Mirrors are
         written after their commit, so a reader that sees the mark it saw
