@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from runtimes.base import RequestedOutput
+
 from .errors import BadRequest
 
 # V2 datatype -> numpy dtype; the inverse is derived, never written twice.
@@ -43,13 +45,6 @@ class Tensor:
     name: str
     array: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    binary: bool = False
-    classification: int = 0  # top-K classes asked for; 0 = the plain tensor
 
 
 @dataclass
@@ -266,20 +261,6 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
         parameters=parameters,
         binary_output=binary_output,
     )
-
-
-def classify(scores: np.ndarray, k: int, labels: Any = None) -> np.ndarray:
-    """Triton's classification extension: per row, the top ``k`` scores as
-    ``"<score>:<index>[:<label>]"``, highest first."""
-    scores = scores.reshape(len(scores), -1) if scores.ndim != 2 else scores
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    out = np.empty(top.shape, dtype=object)
-    for r, row in enumerate(top):
-        for c, i in enumerate(row):
-            text = f"{float(scores[r, i]):f}:{i}"
-            out[r, c] = f"{text}:{labels[i]}" if labels is not None else text
-    return out
 
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:

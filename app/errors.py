@@ -3,7 +3,8 @@
 Each error is a class whose HTTP status is a class attribute; code that finds
 a problem raises the class that names it, and only :func:`init_app` turns it
 into the ``{"error": "..."}`` body that tritonclient and curl users read.
-``registry``, ``codec`` and the runtimes raise these without importing Flask.
+``registry`` and ``codec`` raise these without importing Flask; the runtimes
+raise their own :class:`~runtimes.base.InputRejected`, rendered here too.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import uuid
 import orjson
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
+
+from runtimes.base import InputRejected
 
 log = logging.getLogger("depot")
 
@@ -114,6 +117,12 @@ def _depot_error(e: DepotError) -> Response:
     return response
 
 
+def _input_rejected(e: InputRejected) -> Response:
+    """A runtime's refusal of the request (runtimes/ knows nothing of Depot's
+    errors): the same 400 body as a BadRequest."""
+    return error_response(e.message, e.status)
+
+
 def _http_error(e: HTTPException) -> Response:
     """Routing errors (404, 405, 413) keep werkzeug's status and headers
     (``Allow`` on 405) but get Depot's JSON body."""
@@ -137,5 +146,6 @@ def _unexpected(e: Exception) -> Response:
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(DepotError, _depot_error)
+    app.register_error_handler(InputRejected, _input_rejected)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

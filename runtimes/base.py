@@ -7,13 +7,46 @@ tensors before they arrive.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from app.codec import RequestedOutput, classify
-from app.errors import BadRequest, DepotError
+
+class InputRejected(ValueError):
+    """The request does not fit the model (its shape, its type, what the
+    model itself refused): the client's mistake, answered 400 with this
+    message. A runtime raises it; the server renders it."""
+
+    status = 400
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+@dataclass
+class RequestedOutput:
+    """One output a request asks for."""
+
+    name: str
+    binary: bool = False
+    classification: int = 0  # top-K classes asked for; 0 = the plain tensor
+
+
+def classify(scores: np.ndarray, k: int, labels: Any = None) -> np.ndarray:
+    """Triton's classification extension: per row, the top ``k`` scores as
+    ``"<score>:<index>[:<label>]"``, highest first."""
+    scores = scores.reshape(len(scores), -1) if scores.ndim != 2 else scores
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.empty(top.shape, dtype=object)
+    for r, row in enumerate(top):
+        for c, i in enumerate(row):
+            text = f"{float(scores[r, i]):f}:{i}"
+            out[r, c] = f"{text}:{labels[i]}" if labels is not None else text
+    return out
 
 
 class Runtime:
@@ -57,11 +90,11 @@ class Runtime:
         wanted = [self.scores_for(o) for o in requested] or [self.default_output]
         try:
             raw = self.predict(x, list(dict.fromkeys(wanted)))
-        except DepotError:
+        except InputRejected:
             raise
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
-            raise BadRequest(f"the model rejected the input: {type(e).__name__}: {first}") from None
+            raise InputRejected(f"the model rejected the input: {type(e).__name__}: {first}") from None
         if not requested:
             return raw
         return {o.name: classify(raw[w], o.classification, self.labels) if o.classification
@@ -90,18 +123,18 @@ class Runtime:
         if self.n_features is None:
             return x  # the artifact does not say (text pipelines, say): the model decides
         if x.dtype == object:
-            raise BadRequest("the model takes numbers, not BYTES")
+            raise InputRejected("the model takes numbers, not BYTES")
         if x.ndim == 1 and x.shape[0] == self.n_features:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise BadRequest(f"the model expects shape [-1, {self.n_features}], "
+            raise InputRejected(f"the model expects shape [-1, {self.n_features}], "
                              f"got {list(x.shape)}")
         return x
 
     def check_outputs(self, requested: list[str]) -> None:
         unknown = [o for o in requested if o not in self.outputs]
         if unknown:
-            raise BadRequest(
+            raise InputRejected(
                 f"unknown output {unknown[0]!r}: this model answers {', '.join(self.outputs)}"
             )
 
