@@ -492,6 +492,12 @@ class KeepAliveWorker(base.Worker):
                 self.serve(conn)
         return True
 
+    def resume_accepting(self) -> None:
+        """Accept again once there is room, unless out of descriptors lately."""
+        if (self.alive and not self.accepting and len(self.connections) < self.max_connections
+                and time.monotonic() >= self.accept_paused_until):
+            self.set_accepting(True)
+
     def pause_accepting(self, error: OSError) -> None:
         """Out of descriptors: stop accepting for a moment, keep serving the
         connections already open, and try again."""
@@ -587,9 +593,7 @@ class KeepAliveWorker(base.Worker):
         (408), the answer being written, keep-alive and linger."""
         now = time.monotonic()
         self.next_sweep = now + SWEEP_INTERVAL
-        if (not self.accepting and self.alive and now >= self.accept_paused_until
-                and len(self.connections) < self.max_connections):
-            self.set_accepting(True)
+        self.resume_accepting()
         idle, lingered = now - self.cfg.keepalive, now - LINGER_SECONDS
         for conn in list(self.connections.values()):
             if conn.busy_since:
@@ -661,9 +665,7 @@ class KeepAliveWorker(base.Worker):
         except (OSError, ValueError):
             pass
         util.close(conn.sock)
-        if (self.alive and not self.accepting and len(self.connections) < self.max_connections
-                and time.monotonic() >= self.accept_paused_until):
-            self.set_accepting(True)
+        self.resume_accepting()
 
     @staticmethod
     def peer(conn: Connection) -> str:
