@@ -32,8 +32,8 @@ from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, Mod
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
 from .settings import Settings
-from .cache import Key, RuntimeCache
-from .snapshots import Snapshots
+from .cache import Key, Refused, RuntimeCache
+from .snapshots import ArtifactDiffers, Snapshots
 from .store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
 
 log = logging.getLogger("depot.registry")
@@ -44,6 +44,12 @@ RELOAD_FAILED = "reload failed: "
 LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
                 "DEPOT_LEASE_SECONDS; it serves again once it is back")
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
+#: the start of the reason a host gives for not serving a READY model
+NOT_SERVED_HERE = "this host cannot serve the loaded copy: "
+#: the lock a host's start-up holds (no model is named ""), and how long
+#: another host waits for it
+STARTING = ""
+STARTUP_WAIT = 600.0
 
 
 
@@ -82,6 +88,8 @@ class Registry:
         self.snapshots = Snapshots(settings.state_dir / "snapshots")
         self._seen = View(-1, [])
         self._syncing = False
+        #: the generation whose older snapshots sync last removed, by key
+        self._swept: dict[Key, int] = {}
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
@@ -128,22 +136,31 @@ class Registry:
                 return row, runtime
             try:
                 return row, self.cache.catch_up(row)
-            except ModelNotReady:
+            except Refused as e:
                 # A load or unload may have replaced that generation's
                 # snapshot while we read it: if so, serve what holds now.
                 newer = self.row(name, version, fresh=True)
                 if (newer.version, newer.generation) == (row.version, row.generation):
-                    raise
+                    raise ModelNotReady(f"model {_label(name, row.version)} is not ready "
+                                        f"({UNAVAILABLE}: {e.reason})") from None
                 row = newer
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
     def index(self, ready_only: bool = False) -> list[Row]:
         """Every model version's row, by name and version, read from the
-        store: a 503 rather than the rows of a database that is no longer
-        the deployment's."""
+        store (a 503 rather than the rows of a database that is no longer
+        the deployment's), as this host serves it: a READY model whose
+        loaded copy this host cannot serve is UNAVAILABLE here, with why."""
         self.store.check_identity()
-        rows = sorted(self.store.rows(), key=lambda r: (r.name, version_key(r.version)))
+        rows = sorted(map(self._as_served, self.store.rows()),
+                      key=lambda r: (r.name, version_key(r.version)))
         return [r for r in rows if r.state == READY] if ready_only else rows
+
+    def _as_served(self, row: Row) -> Row:
+        refused = self.cache.refusal((row.name, row.version), row.generation)
+        if row.state != READY or refused is None:
+            return row
+        return row.replace(state=UNAVAILABLE, reason=refused)
 
     def versions(self, name: str) -> list[str]:
         """A model's named versions, oldest first."""
@@ -187,16 +204,26 @@ class Registry:
     # -- control plane ------------------------------------------------------
 
     def startup(self) -> None:
-        """Start a deployment. A fresh state (none, an older Depot's, or one
-        whose first start never finished) starts from the disk: register
-        every model found and, when configured, load it. A surviving state
-        is adopted (:meth:`_adopt`): a restart keeps what was loaded and
-        what was unloaded, and what changed on disk meanwhile waits for a
-        load, as it would have without the restart. Runs once, in the
+        """Start this host. The first host of a new deployment (no state,
+        an older Depot's, or one whose first start never finished) starts
+        from the disk: it registers every model found and, when
+        configured, loads it. Every other start adopts the deployment's
+        state (:meth:`_adopt`): a restart or a new host keeps what was
+        loaded and what was unloaded, and what changed on disk meanwhile
+        waits for a load. Hosts that start together take turns, so the
+        second never resets what the first has begun. Runs once, in the
         gunicorn master, so the loaded copies are shared with the workers
         it forks."""
         if not self.settings.models.is_dir():
             raise FileNotFoundError(f"DEPOT_MODELS: no such folder: {self.settings.models}")
+        try:
+            with self.store.lock(STARTING, timeout=STARTUP_WAIT):
+                self._start()
+        except ModelBusy:
+            raise StateUnavailable(f"another host has been starting this deployment for "
+                                   f"{STARTUP_WAIT:g} s; is it stuck?") from None
+
+    def _start(self) -> None:
         fresh = self.store.is_fresh() or not self.server_ready()
         if fresh:
             self.store.reset()
@@ -213,36 +240,35 @@ class Registry:
         self.store.set_meta("started", "1")
 
     def _adopt(self) -> None:
-        """Take over the state the last run of this deployment left. A READY
-        row is loaded again from its snapshot, the copy it served, never
-        from the models folder; a LOADING row lost its loader. Snapshot
-        folders that no READY row serves from (partial copies, old
-        generations) are removed."""
-        self.store.set_meta("watcher_pid", "")  # the old one is gone; a worker will take over
+        """Take over the state the deployment has: a READY row is loaded
+        again from its snapshot, the copy it served, never from the models
+        folder; a LOADING row whose model's lock is free lost its loader
+        (one that another host still runs holds the lock and is left to
+        finish). Snapshot folders that no READY row serves from (partial
+        copies, old generations) are removed."""
         keep: set[Path] = set()
         for row in self.store.rows():
-            with self.store.lock(row.name):
-                if row.state == READY and self._restore(row):
-                    keep.add(Path(row.snapshot or "").parent)
-                elif row.state == LOADING:
-                    self.store.put(row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED,
-                                               snapshot=None))
-                    _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
+            if row.state == READY and self._restore(row):
+                keep.add(self.snapshots.path(row).parent)
+            elif row.state == LOADING:
+                self._unless_busy(self._repair_loading, row.name, row.version)
         self.snapshots.keep_only(keep)
 
+    def _repair_loading(self, name: str, version: str) -> None:
+        with self.store.lock(name):
+            row = self.store.get(name, version)
+            if row is not None and row.state == LOADING:
+                self._repair(row)
+
     def _restore(self, row: Row) -> bool:
-        """Load a READY row's snapshot into this process's cache (in the
-        master, so every worker it forks has it); if that fails, the row
-        becomes UNAVAILABLE and says why."""
+        """Load a READY row's copy into this process's cache (in the master,
+        so every worker it forks has it). If that fails, this host refuses
+        the model and says why; the row, the deployment's, stays as it is."""
         try:
-            if not row.snapshot or not Path(row.snapshot).is_file():
-                raise FileNotFoundError(f"no snapshot at {row.snapshot}")
-            runtime = self._build(row.runtime, Path(row.snapshot), row.details)
-        except (Exception, SystemExit) as e:  # a pickle may call exit()
-            reason = f"the loaded copy could not be restored: {_describe(e)}; call load"
-            self.store.put(row.replace(state=UNAVAILABLE, reason=reason, snapshot=None,
-                                       generation=row.generation + 1))
-            _event("fail", row.name, row.version, reason, logging.WARNING)
+            runtime = self._build_copy(row)
+        except Refused as e:
+            self.cache.refuse((row.name, row.version), row.generation, e.reason)
+            _event("refuse", row.name, row.version, e.reason, logging.WARNING)
             return False
         self.cache.put((row.name, row.version), row.generation, runtime)
         _event("restore", row.name, row.version, f"generation {row.generation}")
@@ -358,7 +384,7 @@ class Registry:
                 raise ModelNotFound(f"model {name!r} is not in the repository")
             unloaded = []
             for row in rows:
-                new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None,
+                new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None, digest="",
                                   generation=row.generation + 1)
                 self.store.put(new)
                 self.cache.drop((row.name, row.version))
@@ -377,11 +403,16 @@ class Registry:
             if row is None or row.state != READY:
                 self.cache.drop(cached)
         for row in rows.values():
+            if self._swept.get((row.name, row.version)) != row.generation:
+                self.snapshots.discard_older(row.name, row.version, row.generation)
+                self._swept[(row.name, row.version)] = row.generation
             if row.state == READY and self.cache.generation((row.name, row.version)) != row.generation:
+                if self.cache.refusal((row.name, row.version), row.generation) is not None:
+                    continue
                 try:
                     self.cache.catch_up(row)
-                except ModelNotReady as e:
-                    log.error("%s", e.message)
+                except Refused as e:
+                    _event("refuse", row.name, row.version, e.reason, logging.WARNING)
 
     def start_sync(self) -> None:
         """Run :meth:`sync` in a daemon thread of this worker, forever."""
@@ -406,12 +437,25 @@ class Registry:
         threading.Thread(target=loop, name="depot-sync", daemon=True).start()
 
     def _build_copy(self, row: Row) -> runtimes.Runtime:
-        """This worker's copy of a published row, from its snapshot."""
+        """This process's copy of a published row, from this host's snapshot
+        (made first from the models folder when the host has none: the load
+        happened on another host, or this one lost its copy)."""
         try:
-            return self._build(row.runtime, Path(row.snapshot or ""), row.details)
+            return self._build(row.runtime, self._snapshot(row), row.details)
+        except ArtifactDiffers as e:
+            raise Refused(f"{NOT_SERVED_HERE}{e}; call load to publish it") from None
         except (Exception, SystemExit) as e:  # a pickle may call exit()
-            raise ModelNotReady(f"model {_label(row.name, row.version)} could not be "
-                                f"loaded on this worker: {_describe(e)}") from None
+            raise Refused(f"{NOT_SERVED_HERE}{_describe(e)}") from None
+
+    def _snapshot(self, row: Row) -> Path:
+        path = self.snapshots.path(row)
+        if path.is_file():
+            return path
+        spec = next((s for s in self._find(row.name)
+                     if s.version == row.version and s.artifact is not None), None)
+        if spec is None or spec.artifact is None:
+            raise ArtifactDiffers("this host's models folder has no artifact for it")
+        return self.snapshots.fetch(row, spec.artifact)
 
     # -- loading ------------------------------------------------------------
 
@@ -444,7 +488,8 @@ class Registry:
         generation = row.generation + 1
         runtime = None
         try:
-            artifact = self.snapshots.copy(spec.name, spec.version, generation, spec.artifact)
+            artifact, digest = self.snapshots.copy(spec.name, spec.version, generation,
+                                                   spec.artifact)
             if row.state != READY:
                 self.store.put(row.replace(state=LOADING, reason="loading"))
             details = self._details(spec)
@@ -456,7 +501,8 @@ class Registry:
                 declared["outputs"] = spec.outputs or found["outputs"]
                 details = orjson.dumps(declared).decode()
             new = row.replace(state=READY, reason="", generation=generation,
-                              snapshot=str(artifact), details=details, fingerprint=mark)
+                              snapshot=artifact.name, digest=digest, details=details,
+                              fingerprint=mark)
             self.store.put(new)
         except BaseException:
             self.snapshots.remove(spec.name, spec.version, generation)
@@ -520,6 +566,7 @@ class Registry:
             source=str(spec.source),
             details=row.details if row and row.state == READY else self._details(spec),
             fingerprint=row.fingerprint if row else "",
+            digest=row.digest if row else "",
         )
 
     @staticmethod

@@ -1,16 +1,30 @@
-"""Published artifacts: the private copies in the state folder that every
-worker loads, so all of them serve the same bytes whatever happens on disk.
+"""Published artifacts: each host's private copies in its state folder that
+its workers load, so all of them serve the same bytes whatever happens on
+disk.
 
 A load copies the artifact to ``<state>/snapshots/<model key>/<generation>/``
-before it publishes that generation; a copy no row serves (a partial one
-left by a loader that died, or an old generation) is removed.
+and publishes that generation with the copy's SHA-256. Another host (or this
+one after losing its copy) makes its own from its models folder, and keeps it
+only if the digest matches: every host serves the bytes the load published,
+or refuses the model. A copy no row serves (a partial one left by a loader
+that died, or an old generation) is removed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import threading
 from pathlib import Path
 
-from .store import key
+from .store import Row, key
+
+#: bytes read and written at a time while copying and hashing
+CHUNK = 1 << 20
+
+
+class ArtifactDiffers(Exception):
+    """This host's models folder holds other bytes than the load published."""
 
 
 class Snapshots:
@@ -20,28 +34,65 @@ class Snapshots:
     def folder(self, name: str, version: str, generation: int) -> Path:
         return self.root / key(f"{name}\0{version}") / str(generation)
 
-    def copy(self, name: str, version: str, generation: int, artifact: Path) -> Path:
-        """Copy ``artifact`` as that generation's snapshot; a copy that
-        fails half-way is removed before the error goes on."""
+    def path(self, row: Row) -> Path:
+        """Where this host keeps the copy a published row serves."""
+        return self.folder(row.name, row.version, row.generation) / (row.snapshot or "")
+
+    def copy(self, name: str, version: str, generation: int, artifact: Path) -> tuple[Path, str]:
+        """Copy ``artifact`` as that generation's snapshot; return the copy
+        and the SHA-256 of its bytes. A copy that fails half-way is removed
+        before the error goes on."""
         folder = self.folder(name, version, generation)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            return Path(shutil.copy2(artifact, folder / artifact.name))
+            target = folder / artifact.name
+            digest = _copy(artifact, target)
+            shutil.copystat(artifact, target)
+            return target, digest
         except BaseException:
             self.remove(name, version, generation)
             raise
+
+    def fetch(self, row: Row, artifact: Path) -> Path:
+        """This host's copy of a published row, made from ``artifact`` (its
+        models folder's) if there is none yet, and kept only if its digest
+        is the row's. Several workers may fetch at once: each writes its own
+        partial file and the first complete one is renamed into place."""
+        target = self.path(row)
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            digest = _copy(artifact, partial)
+            if digest != row.digest:
+                raise ArtifactDiffers(
+                    f"this host's models folder holds other bytes than the load published "
+                    f"({artifact.name}: sha256 {digest[:12]}, published {row.digest[:12]})")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
 
     def remove(self, name: str, version: str, generation: int) -> None:
         shutil.rmtree(self.folder(name, version, generation), ignore_errors=True)
 
     def discard(self, name: str, version: str, keep: int | None) -> None:
         """Remove a model version's snapshots but the generation ``keep``."""
-        folder = self.root / key(f"{name}\0{version}")
-        if not folder.is_dir():
-            return
-        for child in folder.iterdir():
+        for child in self._generations(name, version):
             if child.name != str(keep):
                 shutil.rmtree(child, ignore_errors=True)
+
+    def discard_older(self, name: str, version: str, generation: int) -> None:
+        """Remove a model version's snapshots older than ``generation``: no
+        row serves them, and a load at work on this host writes a newer one."""
+        for child in self._generations(name, version):
+            if not child.name.isdigit() or int(child.name) < generation:
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _generations(self, name: str, version: str) -> list[Path]:
+        folder = self.root / key(f"{name}\0{version}")
+        return list(folder.iterdir()) if folder.is_dir() else []
 
     def keep_only(self, served: set[Path]) -> None:
         """Remove every snapshot folder but those in ``served``."""
@@ -51,3 +102,14 @@ class Snapshots:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _copy(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` and return the SHA-256 of the bytes
+    written, read once."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+    return digest.hexdigest()

@@ -1,10 +1,11 @@
 """The models-folder watcher: files that land become registered models.
 
 Exactly one watcher runs per deployment. Every worker starts a thread that
-waits for an exclusive lock on a file in the state folder; the one that gets
-it runs the watchdog observer. When that worker dies, however it dies, the
-kernel releases the lock and a waiting worker takes over at once, so there is
-never zero watchers for longer than a takeover, and never two.
+waits to become the watcher (the store's lock: a file lock on one host, and
+an advisory lock in the database when hosts share one); the one that gets
+it runs the watchdog observer. When that worker dies, however it dies, its
+lock goes with it and a waiting worker takes over, so there is never zero
+watchers for longer than a takeover, and never two.
 
 Events only say *which* top-level entry of the folder moved. An entry is
 reconciled once it has been quiet for :data:`QUIET` seconds, so a copy in
@@ -13,12 +14,12 @@ whatever the event stream missed.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -79,14 +80,21 @@ class Watcher(FileSystemEventHandler):
                 del self._pending[entry]
             return frozenset(self._pending), bool(quiet)
 
-    def run(self) -> None:
+    def run(self, holds: Callable[[], bool] = lambda: True) -> None:
+        """Watch until ``holds`` says this process is no longer the watcher."""
         observer = Observer()
         observer.schedule(self, str(self.root), recursive=True)
         observer.start()
         log.info("watching %s (pid %d)", self.root, os.getpid())
+        try:
+            self._reconcile_until(holds)
+        finally:
+            observer.stop()
+
+    def _reconcile_until(self, holds: Callable[[], bool]) -> None:
         next_scan = 0.0
         said = None  # a lasting fault (the state database gone) is logged once
-        while True:
+        while holds():
             busy, settled = self.busy()
             if settled or time.monotonic() >= next_scan:
                 try:
@@ -105,16 +113,16 @@ class Watcher(FileSystemEventHandler):
 
 def start_election(registry: Registry) -> None:
     """Start this worker's candidate thread: it becomes the deployment's
-    watcher once it holds the lock, and holds it until the process ends."""
+    watcher once the store says so (:meth:`~app.store.Store.become_watcher`),
+    and watches for as long as it stays the watcher."""
     def candidate() -> None:
-        folder = registry.settings.state_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / "watcher.lock", "w")  # kept open: the lock lives with it
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            registry.store.set_meta("watcher_pid", str(os.getpid()))
-        except DepotError as e:  # GET /v2 will not name the watcher; it watches all the same
-            log.error("could not record the watcher's pid: %s", e.message)
-        Watcher(registry).run()
+        while True:
+            holds = registry.store.become_watcher()
+            try:
+                registry.store.set_meta("watcher_pid", str(os.getpid()))
+            except DepotError as e:  # GET /v2 will not name the watcher; it watches all the same
+                log.error("could not record the watcher's pid: %s", e.message)
+            Watcher(registry).run(holds)
+            log.warning("no longer the deployment's watcher (its lock was lost); standing again")
 
     threading.Thread(target=candidate, name="depot-watcher", daemon=True).start()

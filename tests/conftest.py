@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import joblib
 import numpy as np
+import orjson
 import pytest
 import requests
 import xgboost as xgb
@@ -95,6 +96,12 @@ class Server:
     def infer(self, model: str, body: dict, version: str | None = None) -> requests.Response:
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         return self.post(path, json=body)
+
+    def events(self) -> list[tuple[str, str]]:
+        """The (event, model) of every state change the server logged."""
+        lines = [orjson.loads(line) for line in self.log.read_text().splitlines()
+                 if line.startswith("{")]
+        return [(line["event"], line["model"]) for line in lines if "event" in line]
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

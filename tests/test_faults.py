@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app import snapshots as snapshot_files
 from app.errors import InsufficientStorage, ModelBusy, StateUnavailable
 from app.registry import LOAD_INTERRUPTED, Registry
 from app.settings import Settings
@@ -108,13 +109,13 @@ def test_a_dead_loader_leaves_nothing_behind(registry, repair):
 
 
 def test_a_refused_copy_leaves_the_row_as_it_was(registry, monkeypatch):
-    def full(src, dst, **kwargs):  # half the bytes land, then the disk is full
+    def full(src, dst):  # half the bytes land, then the disk is full
         Path(dst).write_bytes(Path(src).read_bytes()[:100])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     registry.unload(XGB)
     before = {r.name: r for r in registry.store.rows()}
-    monkeypatch.setattr(shutil, "copy2", full)
+    monkeypatch.setattr(snapshot_files, "_copy", full)
     for name in (SVM, XGB):
         with pytest.raises(InsufficientStorage, match="is full .No space left on device."):
             registry.load(name)

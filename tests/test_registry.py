@@ -115,4 +115,4 @@ def test_a_restart_adopts_the_state_and_clears_what_no_row_serves(tmp_path):
     assert (mnist.state, mnist.reason) == ("UNAVAILABLE", LOAD_INTERRUPTED)
     assert second.store.get("mushroom-xgboost", "v0.1.0") == ready
     assert second.cache.generation(("mushroom-xgboost", "v0.1.0")) == ready.generation
-    assert [str(p) for p in settings.state_dir.glob("snapshots/*/*/*")] == [ready.snapshot]
+    assert [str(p) for p in settings.state_dir.glob("snapshots/*/*/*")] == [str(second.snapshots.path(ready))]

@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 
 import joblib
-import orjson
 from sklearn.dummy import DummyClassifier
 
-from app.registry import CHANGED_ON_DISK
+from app.registry import CHANGED_ON_DISK, NOT_SERVED_HERE
 from conftest import Server, output, v2_body
 
 XGB = "mushroom-xgboost"
@@ -17,9 +16,7 @@ MNIST = "mnist-svm"
 
 
 def events(server: Server) -> set[tuple[str, str]]:
-    lines = [orjson.loads(line) for line in server.log.read_text().splitlines()
-             if line.startswith("{")]
-    return {(l["event"], l["model"]) for l in lines if "event" in l}
+    return set(server.events())
 
 
 def test_a_restart_keeps_what_was_unloaded_and_what_was_loaded(make_server, digits, mnist_model,
@@ -56,19 +53,38 @@ def test_a_restart_serves_the_loaded_copy_until_a_load(make_server, digits, mnis
         assert output(server.infer(MNIST, v2_body(digits[:6]))).ravel().tolist() == [7] * 6
 
 
-def test_a_lost_loaded_copy_is_unavailable_until_a_load(make_server, digits, mnist_model):
+def test_a_lost_loaded_copy_is_made_again_from_the_same_bytes(make_server, digits, mnist_model):
     with make_server(workers=2) as server:
         assert server.index()[MNIST]["state"] == "READY"
     shutil.rmtree(server.state / "snapshots")
     with make_server(workers=2, models=None) as server:
-        entry = server.index()[MNIST]
-        assert entry["state"] == "UNAVAILABLE"
-        assert entry["reason"].startswith("the loaded copy could not be restored: ")
-        assert entry["reason"].endswith("; call load")
-        assert server.infer(MNIST, v2_body(digits[:1])).status_code == 400
-        assert server.post(f"/v2/repository/models/{MNIST}/load").status_code == 200
+        assert server.index()[MNIST] == {"name": MNIST, "version": "v0.1.0", "state": "READY",
+                                         "reason": ""}
         got = output(server.infer(MNIST, v2_body(digits[:3])))
         assert got.ravel().tolist() == mnist_model.predict(digits[:3]).tolist()
+        assert ("restore", MNIST) in events(server)
+
+
+def test_a_lost_loaded_copy_of_other_bytes_is_refused_until_a_load(make_server, digits):
+    with make_server(workers=2) as server:
+        assert server.index()[MNIST]["state"] == "READY"
+    shutil.rmtree(server.state / "snapshots")
+    sevens = DummyClassifier(strategy="constant", constant=7).fit(digits[:10], [7] * 10)
+    joblib.dump(sevens, server.models / MNIST / "model.joblib")
+    with make_server(workers=2, models=None) as server:
+        entry = server.index()[MNIST]
+        assert entry["state"] == "UNAVAILABLE"
+        assert entry["reason"].startswith(NOT_SERVED_HERE + "this host's models folder holds "
+                                          "other bytes than the load published")
+        assert entry["reason"].endswith("; call load to publish it")
+        assert server.index(ready=True).get(MNIST) is None
+        r = server.infer(MNIST, v2_body(digits[:1]))
+        assert r.status_code == 400 and "other bytes" in r.json()["error"], r.text
+        assert server.get(f"/v2/models/{MNIST}/ready").status_code == 400
+        assert ("refuse", MNIST) in events(server)
+        assert server.post(f"/v2/repository/models/{MNIST}/load").status_code == 200
+        assert server.index()[MNIST]["state"] == "READY"
+        assert output(server.infer(MNIST, v2_body(digits[:3]))).ravel().tolist() == [7] * 3
 
 
 def test_a_fresh_state_folder_starts_from_the_disk(make_server, tmp_path, mushrooms,

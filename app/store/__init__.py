@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Protocol
 
 if TYPE_CHECKING:
     from ..errors import DepotError
@@ -32,11 +32,14 @@ def key(name: str) -> str:
 class Row:
     """The shared state of one version of a model. ``generation`` grows on every load and unload;
     a worker whose copy has another generation must catch up before serving.
-    ``snapshot`` is the private copy of the artifact that every worker loads,
-    so all of them serve the same bytes whatever happens on disk later.
-    ``details`` is JSON (parameters, declared inputs/outputs), parsed only
-    off the hot path. ``fingerprint`` identifies the files on disk the row
-    was made from (for a READY model: the files it was loaded from)."""
+    ``snapshot`` names the artifact's file in its generation's snapshot
+    folder: each host's private copy (:mod:`app.snapshots`) that its
+    workers load, so all of them serve the same bytes whatever happens on
+    disk later; ``digest`` is the SHA-256 of those bytes, and a host whose
+    copy would differ refuses the model instead. ``details`` is JSON
+    (parameters, declared inputs/outputs), parsed only off the hot path.
+    ``fingerprint`` identifies the files on disk the row was made from (for
+    a READY model: the files it was loaded from)."""
 
     name: str
     version: str  # "" when the model has none
@@ -48,13 +51,16 @@ class Row:
     source: str
     details: str = "{}"
     fingerprint: str = ""
+    digest: str = ""
 
     def replace(self, **changes: object) -> "Row":
         return dataclasses.replace(self, **changes)
 
 
-#: the rows' columns, in the order of Row's fields, for every store's SQL
+#: the rows' columns, in the order of Row's fields, for every store's SQL,
+#: and as many parameter marks
 COLUMNS = ", ".join(f.name for f in dataclasses.fields(Row))
+MARKS = ", ".join("%s" for _ in dataclasses.fields(Row))
 
 
 class Store(Protocol):
@@ -83,9 +89,15 @@ class Store(Protocol):
     def reset(self) -> None:
         """Forget everything: a new deployment starts from the disk."""
 
-    def lock(self, name: str) -> ContextManager[None]:
+    def lock(self, name: str, timeout: float | None = None) -> ContextManager[None]:
         """Serialise control calls on one model across every process, with
-        a deadline (then :class:`~app.errors.ModelBusy`)."""
+        a deadline (``timeout``, else the store's; then
+        :class:`~app.errors.ModelBusy`)."""
+
+    def become_watcher(self) -> Callable[[], bool]:
+        """Wait until this process is the deployment's one models-folder
+        watcher; return a check of whether it still is (when it is not, it
+        stops watching and stands again)."""
 
     def vouches(self) -> bool:
         """Whether this process may serve what it knows of the state: a

@@ -3,6 +3,7 @@ its snapshots, metrics files and locks there, whatever holds the rows."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -41,3 +42,15 @@ def refusal(folder: Path, errno_: int | None, text: str) -> DepotError | None:
         return StateUnavailable(f"the state folder {folder} is read-only ({text}); "
                                 "make it writable, then try again")
     return None
+
+
+def hold(path: Path) -> None:
+    """Wait for an exclusive lock on ``path`` and hold it until this process
+    ends, however it ends: the kernel frees it with the process's files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    _held.append(handle)  # kept open: the lock lives with it
+
+
+_held: list = []

@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 from psycopg import errors as pg
@@ -43,7 +43,7 @@ from psycopg.pq import TransactionStatus
 
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
 from ..settings import SettingsError
-from . import COLUMNS, Row, key
+from . import COLUMNS, MARKS, Row, key
 from . import folder as state_folder
 
 log = logging.getLogger("depot")
@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS models (
     source TEXT NOT NULL,
     details TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
+    digest TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS acks (process TEXT PRIMARY KEY, mark BIGINT NOT NULL,
 CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 0), n BIGINT NOT NULL);
 INSERT INTO changes VALUES (0, 0) ON CONFLICT DO NOTHING;
 """
-UPSERT = (f"INSERT INTO models ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+UPSERT = (f"INSERT INTO models ({COLUMNS}) VALUES ({MARKS}) "
           "ON CONFLICT (name, version) DO UPDATE SET "
           + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS.split(", ")[2:]))
 #: as in SQLite: a database whose meta says otherwise holds no state of this
@@ -90,6 +91,11 @@ IDENTIFY_UNPRIVILEGED = """SELECT '', d.oid::bigint,
 #: the advisory lock that serialises making the tables (two hosts starting at once)
 SCHEMA_LOCK = int.from_bytes(hashlib.sha1(b"depot:schema").digest()[:8], "big", signed=True)
 
+#: the advisory lock held by the deployment's one models-folder watcher
+WATCH_LOCK = int.from_bytes(hashlib.sha1(b"depot:watcher").digest()[:8], "big", signed=True)
+#: seconds between two tries of the watcher's lock, and between two checks
+#: that its holder's session is still alive
+WATCH_POLL = 1.0
 #: seconds between two tries of a model's lock while another call holds it
 LOCK_POLL = 0.02
 #: seconds the listener waits for a notification before it re-reads the
@@ -152,6 +158,27 @@ class _Process:
         self.acked_at = 0.0
         #: after a failed connection: until when to fail at once, and with what
         self.down: tuple[float, StateUnavailable] | None = None
+
+
+class _SessionCheck:
+    """Whether a session (and so the advisory locks it holds) is alive:
+    asked at most once a :data:`WATCH_POLL`, the answer cached between."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.checked = time.monotonic()
+        self.ok = True
+
+    def alive(self) -> bool:
+        if self.ok and time.monotonic() - self.checked >= WATCH_POLL:
+            try:
+                self.conn.execute("SELECT 1")
+            except psycopg.Error:
+                self.ok = False
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+            self.checked = time.monotonic()
+        return self.ok
 
 
 class PostgresStore:
@@ -442,15 +469,16 @@ class PostgresStore:
     # -- the model lock ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:
         """Serialise control calls on one model across every process of every
         host: an advisory lock on a session of its own, tried every
-        :data:`LOCK_POLL` seconds until ``lock_timeout``, then
-        :class:`ModelBusy`. A holder that dies frees it with its session."""
+        :data:`LOCK_POLL` seconds for ``timeout`` (else ``lock_timeout``),
+        then :class:`ModelBusy`. A holder that dies frees it with its session."""
+        timeout = self.lock_timeout if timeout is None else timeout
         conn = self._connect(self._here())
         taken = False
         try:
-            deadline = time.monotonic() + self.lock_timeout
+            deadline = time.monotonic() + timeout
             while True:
                 try:
                     (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s)",
@@ -463,7 +491,7 @@ class PostgresStore:
                 if left <= 0:
                     raise ModelBusy(
                         f"model {name!r} is busy: another load or unload has held it "
-                        f"for {self.lock_timeout:g} s; try again")
+                        f"for {timeout:g} s; try again")
                 time.sleep(min(LOCK_POLL, left))
             yield
         finally:
@@ -472,6 +500,35 @@ class PostgresStore:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
             with contextlib.suppress(Exception):
                 conn.close()  # a lost session has freed the lock already
+
+    # -- the watcher ------------------------------------------------------------
+
+    def become_watcher(self) -> Callable[[], bool]:
+        """Wait until this process is the deployment's one watcher: first
+        the host's (a file lock, so one process per host asks the database),
+        then the deployment's, an advisory lock on a session of its own,
+        tried every :data:`WATCH_POLL` seconds. It returns a check that says
+        whether the process still is the watcher: once that session is lost
+        (the host died, or the database went away) another host may take
+        over, so the watcher stops and stands again."""
+        state_folder.hold(self.folder / "watcher.lock")
+        proc = self._here()
+        while True:
+            try:
+                conn = self._connect(proc, wait=True)
+            except DepotError:
+                time.sleep(WATCH_POLL)
+                continue
+            try:
+                (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                        (WATCH_LOCK,)).fetchone()
+            except psycopg.Error:
+                taken = False
+            if taken:
+                return _SessionCheck(conn).alive
+            with contextlib.suppress(Exception):
+                conn.close()
+            time.sleep(WATCH_POLL)
 
     # -- health -----------------------------------------------------------------
 

@@ -23,11 +23,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
 from . import folder as state_folder
-from . import LOADING, READY, UNAVAILABLE, COLUMNS, Row, key  # noqa: F401  (re-exported)
+from . import LOADING, READY, UNAVAILABLE, COLUMNS, MARKS, Row, key  # noqa: F401  (re-exported)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS models (
     source TEXT NOT NULL,
     details TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
+    digest TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -181,7 +182,7 @@ class SQLiteStore:
 
     def put(self, row: Row) -> None:
         self._write(
-            f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES ({MARKS.replace('%s', '?')})",
             dataclasses.astuple(row))
 
     def delete(self, name: str, version: str) -> None:
@@ -236,12 +237,13 @@ class SQLiteStore:
         self._local.mark[:8] = mark.to_bytes(8, "little")
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:
         """Serialise control-plane calls on one model across every process
         (and thread: each call opens its own file description). The wait
         has a deadline: a holder that hangs, or is stopped, makes the next
-        caller answer :class:`ModelBusy` after ``lock_timeout`` seconds
-        instead of taking its worker down with it."""
+        caller answer :class:`ModelBusy` after ``timeout`` seconds (else
+        ``lock_timeout``) instead of taking its worker down with it."""
+        timeout = self.lock_timeout if timeout is None else timeout
         self.check_identity()
         folder = self.folder / "locks"
         try:
@@ -253,7 +255,7 @@ class SQLiteStore:
                 raise
             raise refused from e
         with handle:
-            deadline = time.monotonic() + self.lock_timeout
+            deadline = time.monotonic() + timeout
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -263,9 +265,15 @@ class SQLiteStore:
                     if left <= 0:
                         raise ModelBusy(
                             f"model {name!r} is busy: another load or unload has held it "
-                            f"for {self.lock_timeout:g} s; try again") from None
+                            f"for {timeout:g} s; try again") from None
                     time.sleep(min(LOCK_POLL, left))
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def become_watcher(self) -> Callable[[], bool]:
+        """Wait until this process is the host's one watcher (the host is
+        the deployment): a lock that the kernel frees when its holder dies."""
+        state_folder.hold(self.folder / "watcher.lock")
+        return lambda: True
