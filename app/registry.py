@@ -103,7 +103,7 @@ class Registry:
         mark = self.store.change_mark()
         seen = self._seen
         if mark != seen.mark:
-            seen = self._seen = View(mark, self.store.rows())
+            seen = self._seen = View(mark, self.store.rows_as_of(mark))
         return seen
 
     def row(self, name: str, version: str | None = None, fresh: bool = False) -> Row:

@@ -9,7 +9,9 @@ MLServer (its defaults, and ``parallel_workers=0``, its fastest) and against
 the composite floor 1 / (1/transport-floor rps + in-process time). It also
 measures each server's memory (PSS of the whole process tree) and cold start
 (process start to ``/v2/health/ready`` = 200), the cost of the shared-state
-check, and how soon a load or unload holds on every worker.
+check, and how soon a load or unload holds on every worker. Depot runs once
+on each store: SQLite in its state folder, and a private PostgreSQL cluster
+(as the tests start it; skipped when PostgreSQL is not installed).
 
 Throwaway installs (MLServer's venv, request bodies, logs) go to --home, outside
 the git tree; wrk comes from Debian's packages.
@@ -17,6 +19,7 @@ the git tree; wrk comes from Debian's packages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -31,6 +34,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -198,10 +202,32 @@ def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace)
 
 # -- Depot-only measurements ------------------------------------------------------------
 
-def depot_server(label: str, home: Path, workers: int, *extra: str) -> Server:
+def depot_server(label: str, home: Path, workers: int, *extra: str,
+                 state_url: str | None = None) -> Server:
+    env = {"DEPOT_STATE_DIR": str(home / ("state-pg" if state_url else "state"))}
+    if state_url:
+        env["DEPOT_STATE_URL"] = state_url
     return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{PORT}",
-                                     "--workers", str(workers), *extra],
-                  env={"DEPOT_STATE_DIR": str(home / "state")})
+                                     "--workers", str(workers), *extra], env=env)
+
+
+@contextlib.contextmanager
+def postgres(skip: bool) -> Iterator[str | None]:
+    """The URL of a private PostgreSQL cluster (tests/postgres.py), or None."""
+    if skip:
+        yield None
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import private_cluster
+
+    try:
+        with private_cluster() as cluster:
+            yield cluster.url
+    except BaseException as e:  # pytest's Skipped when PostgreSQL is missing
+        if type(e).__name__ != "Skipped":
+            raise
+        print(f"# no PostgreSQL: {e}", flush=True)
+        yield None
 
 
 def depot_memory(home: Path, samples: Path) -> dict:
@@ -277,22 +303,27 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     """The composite floor takes the issue's transport floors (sync and
     gthread); the keep-alive floors, on Depot's own worker, are stricter."""
     depot, depot_sync = servers["depot"], servers["depot-sync"]
+    on_pg = servers.get("depot-postgres")
     floors = [servers["floor"], servers["floor-sync"]]
     keepalive, model_floor = servers["floor-keepalive"], servers["model-floor"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
     lines = [
-        "| model | rows | conc | Depot rps | p50 ms | p99 ms | Depot sync worker rps | "
+        "| model | rows | conc | Depot rps | p50 ms | p99 ms | Depot on PostgreSQL rps "
+        "(PostgreSQL/SQLite) | Depot sync worker rps | "
         "MLServer rps (p99) | MLServer fastest rps (p99) | floor rps (sync/gthread best) | "
         "composite floor | keep-alive floor rps | model floor rps | "
         "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         d = depot.results[case]
         f = max((s.results[case] for s in floors), key=lambda r: r["rps"])
         composite = 1 / (1 / f["rps"] + inproc[case[:2]] / 1000) if f["rps"] else 0
         row = [case[0], str(case[1]), str(case[2]), f"{d['rps']:.0f}", f"{d['p50']:.2f}",
-               f"{d['p99']:.2f}", f"{depot_sync.results[case]['rps']:.0f}"]
+               f"{d['p99']:.2f}"]
+        pg = on_pg.results.get(case) if on_pg else None
+        row.append(f"{pg['rps']:.0f} ({pg['rps'] / d['rps']:.2f})" if pg and d["rps"] else "-")
+        row.append(f"{depot_sync.results[case]['rps']:.0f}")
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
@@ -321,9 +352,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)  # whole seconds, as wrk takes
     parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--reuse", action="store_true",
                         help="take the servers' results from the last run's results.json")
     args = parser.parse_args()
+    with postgres(args.skip_postgres or args.reuse) as state_url:
+        run(args, state_url)
+
+
+def run(args: argparse.Namespace, state_url: str | None) -> None:
     args.home.mkdir(parents=True, exist_ok=True)
     samples = args.home / "samples"
     ensure_wrk()
@@ -336,6 +373,8 @@ def main() -> None:
         "depot": depot_server("depot (1 worker)", args.home, 1),
         "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
                                    "-k", "sync"),
+        **({"depot-postgres": depot_server("depot on PostgreSQL (1 worker)", args.home, 1,
+                                           state_url=state_url)} if state_url else {}),
         "floor": Server("floor gthread (1 worker)",
                         GUNICORN + ["-k", "gthread", "--threads", "4", *floor], cwd=BENCH),
         "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor], cwd=BENCH),
@@ -378,6 +417,9 @@ def main() -> None:
     memory = depot_memory(args.home, samples)
     control = control_plane(args.home, samples)
     state = run_python("state_check.py").strip().splitlines()[-1]
+    if state_url:
+        state_pg = run_python("state_check.py", "20000", state_url).strip().splitlines()[-1]
+        state = f"SQLite: {state.split(':', 1)[1].strip()}; PostgreSQL: {state_pg.split(':', 1)[1].strip()}"
     extras = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "Depot PSS, 1 worker / 4 workers (after serving)":

@@ -1,13 +1,15 @@
 """Per-request cost of the shared-state check, measured in-process.
 
-usage: python bench/state_check.py [N]
+usage: python bench/state_check.py [N] [STATE_URL]
 
-Every inference asks the registry for its model (one SQLite primary-key read,
-then the worker's cached runtime). This times that call against a plain dict
-lookup, which is what a server without shared state would do.
+Every inference asks the registry for its model (the store's change mark,
+a local read on either store, then the worker's cached runtime). This times
+that call against a plain dict lookup, which is what a server without shared
+state would do; STATE_URL (``postgresql://…``) times it on PostgreSQL.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -31,9 +33,12 @@ def per_call_us(fn, n: int) -> float:
     return statistics.median(runs)
 
 
-def main(n: int) -> None:
+def main(n: int, state_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as state:
-        registry = Registry.open(Settings(models=ROOT / "models", state_dir=Path(state)))
+        settings = Settings(models=ROOT / "models", state_dir=Path(state))
+        if state_url:
+            settings = dataclasses.replace(settings, state_url=state_url)
+        registry = Registry.open(settings)
         registry.startup()
         registry.get_ready("mnist-svm")
         cache = {"mnist-svm": registry.get_ready("mnist-svm")}
@@ -45,4 +50,5 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000,
+         sys.argv[2] if len(sys.argv) > 2 else None)

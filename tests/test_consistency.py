@@ -1,5 +1,6 @@
 """Several gunicorn workers, one truth: what a load or unload call says holds
-for every worker as soon as the call returns."""
+for every worker as soon as the call returns, on either store (the state
+folder's SQLite, or PostgreSQL)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +8,30 @@ import signal
 import threading
 from collections import Counter
 
+import pytest
 import requests
 
-from conftest import output, spread, v2_body, wait_until
+from conftest import output, run_server, spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
+STORES = ["sqlite", "postgresql"]
+
+
+def store_env(request: pytest.FixtureRequest, store: str) -> dict[str, str]:
+    if store == "sqlite":
+        return {}
+    return {"DEPOT_STATE_URL": request.getfixturevalue("postgres").new_database()}
+
+
+@pytest.fixture(scope="module", params=STORES)
+def deployment(request, tmp_path_factory):
+    """A 4-worker server on each store in turn (the shared one for SQLite)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("server")
+        return
+    with run_server(tmp_path_factory.mktemp(request.param),
+                    env=store_env(request, request.param)) as server:
+        yield server
 
 
 def _fresh(server, body):
@@ -21,7 +41,8 @@ def _fresh(server, body):
                       headers={"Connection": "close"})
 
 
-def test_unload_then_load_holds_on_every_worker(server, mushrooms, mushroom_model):
+def test_unload_then_load_holds_on_every_worker(deployment, mushrooms, mushroom_model):
+    server = deployment
     body = v2_body(mushrooms[:4])
     expected = mushroom_model.predict(mushrooms[:4]).tolist()
     assert server.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
@@ -35,7 +56,8 @@ def test_unload_then_load_holds_on_every_worker(server, mushrooms, mushroom_mode
     assert all(output(r).ravel().tolist() == expected for r in replies)
 
 
-def test_churn_never_gives_a_5xx_or_a_wrong_answer(server, mushrooms, mushroom_model):
+def test_churn_never_gives_a_5xx_or_a_wrong_answer(deployment, mushrooms, mushroom_model):
+    server = deployment
     body = v2_body(mushrooms[:4])
     expected = mushroom_model.predict(mushrooms[:4]).tolist()
     stop = threading.Event()
@@ -43,7 +65,9 @@ def test_churn_never_gives_a_5xx_or_a_wrong_answer(server, mushrooms, mushroom_m
     problems: list[str] = []
 
     def client() -> None:
-        while not stop.is_set():
+        for _ in range(100_000):
+            if stop.is_set():
+                return
             r = _fresh(server, body)
             seen[r.status_code] += 1
             if r.status_code == 200:
@@ -68,9 +92,10 @@ def test_churn_never_gives_a_5xx_or_a_wrong_answer(server, mushrooms, mushroom_m
     assert server.index()[XGB]["state"] == "READY"
 
 
-def test_a_restarted_worker_rebuilds_from_the_shared_state(make_server, mushrooms, digits,
-                                                           mnist_model):
-    with make_server(workers=2) as server:
+@pytest.mark.parametrize("store", STORES)
+def test_a_restarted_worker_rebuilds_from_the_shared_state(request, store, make_server, mushrooms,
+                                                           digits, mnist_model):
+    with make_server(workers=2, env=store_env(request, store)) as server:
         assert server.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
         before = server.worker_pids()
         for pid in before:

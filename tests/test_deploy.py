@@ -8,11 +8,13 @@ These are static checks: nothing here builds an image or talks to a cluster.
 from __future__ import annotations
 
 import ast
+import base64
 import fnmatch
 import json
 import re
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -29,6 +31,9 @@ MODELS_DIR = "/mnt/models"
 # Which route each probe must hit: ready says "serve me traffic", live says
 # "do not restart me"; swapping them restarts pods that are only loading.
 PROBES = [("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")]
+# The plain Kubernetes variants: one pod on SQLite, several on PostgreSQL.
+ONE_HOST = "deploy/kubernetes/depot.yaml"
+REPLICAS = "deploy/kubernetes/depot-replicas.yaml"
 
 
 def rel(path: Path) -> str:
@@ -51,6 +56,16 @@ def only(documents: list[tuple[str, dict[str, Any]]], kind: str) -> dict[str, An
     return found[0]
 
 
+def in_file(documents: list[tuple[str, dict[str, Any]]], path: str, kind: str,
+            name: str | None = None) -> dict[str, Any]:
+    """The one object of that kind (and name) in one file: objects refer to
+    each other by name within the file that is applied together."""
+    found = [doc for where, doc in documents if where == path and doc.get("kind") == kind
+             and name in (None, doc["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in {path}, found {len(found)}"
+    return found[0]
+
+
 @pytest.fixture(scope="module")
 def get_routes() -> set[str]:
     """The GET routes Depot serves, read from its own blueprint."""
@@ -61,6 +76,20 @@ def get_routes() -> set[str]:
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def secret_ref(container: dict[str, Any], name: str) -> dict[str, Any]:
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+             if e["name"] == name and "secretKeyRef" in e.get("valueFrom", {})]
+    return ref
+
+
+def secret_value(secret: dict[str, Any], key: str) -> str:
+    """A Secret's key, written plain (stringData) or base64 (data)."""
+    if key in secret.get("stringData", {}):
+        return secret["stringData"][key]
+    assert key in secret.get("data", {}), f"Secret {secret['metadata']['name']} has no {key!r}"
+    return base64.b64decode(secret["data"][key]).decode()
 
 
 def binds(gunicorn_args: str) -> list[str]:
@@ -113,8 +142,14 @@ def test_every_document_names_itself(path):
     ("deploy/kserve/servingruntime.yaml", "serving.kserve.io/v1alpha1", "ServingRuntime", "depot"),
     ("deploy/kserve/inferenceservice.yaml", "serving.kserve.io/v1beta1", "InferenceService",
      "mnist-svm"),
-    ("deploy/kubernetes/depot.yaml", "apps/v1", "Deployment", "depot"),
-    ("deploy/kubernetes/depot.yaml", "v1", "Service", "depot"),
+    (ONE_HOST, "apps/v1", "Deployment", "depot"),
+    (ONE_HOST, "v1", "Service", "depot"),
+    (REPLICAS, "v1", "Secret", "depot-state"),
+    (REPLICAS, "apps/v1", "StatefulSet", "depot-postgres"),
+    (REPLICAS, "v1", "Service", "depot-postgres"),
+    (REPLICAS, "v1", "PersistentVolumeClaim", "depot-models"),
+    (REPLICAS, "apps/v1", "Deployment", "depot"),
+    (REPLICAS, "v1", "Service", "depot"),
 ])
 def test_expected_objects(documents, path, api_version, kind, name):
     found = [doc for where, doc in documents
@@ -166,6 +201,14 @@ def test_runtime_resources(runtime_container):
     check_resources(runtime_container)
 
 
+def test_runtime_state_url_from_optional_secret(runtime_container):
+    # Optional, so an InferenceService without the Secret still starts (on
+    # SQLite); a required one would leave its pod stuck in CreateContainerConfigError.
+    ref = secret_ref(runtime_container, "DEPOT_STATE_URL")
+    assert (ref["name"], ref["key"]) == ("depot-state", "url")
+    assert ref.get("optional") is True
+
+
 @pytest.fixture(scope="module")
 def inference_service(documents) -> dict[str, Any]:
     return only(documents, "InferenceService")
@@ -183,14 +226,20 @@ def test_inference_service_uses_depot(inference_service, runtime):
 
 # -- plain Kubernetes ----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def deployment(documents) -> dict[str, Any]:
-    return only(documents, "Deployment")
+# Every test below that takes a Deployment runs once per variant.
+@pytest.fixture(scope="module", params=[ONE_HOST, REPLICAS])
+def manifest(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def service(documents) -> dict[str, Any]:
-    return only(documents, "Service")
+def deployment(documents, manifest) -> dict[str, Any]:
+    return in_file(documents, manifest, "Deployment", "depot")
+
+
+@pytest.fixture(scope="module")
+def service(documents, manifest) -> dict[str, Any]:
+    return in_file(documents, manifest, "Service", "depot")
 
 
 @pytest.fixture(scope="module")
@@ -254,14 +303,123 @@ def test_deployment_resources(container):
     check_resources(container)
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "ServingRuntime"])
-def test_gunicorn_binds_the_container_port(documents, kind):
-    spec = only(documents, kind)["spec"]
+@pytest.mark.parametrize("path, kind", [
+    (ONE_HOST, "Deployment"),
+    (REPLICAS, "Deployment"),
+    ("deploy/kserve/servingruntime.yaml", "ServingRuntime"),
+])
+def test_gunicorn_binds_the_container_port(documents, path, kind):
+    spec = in_file(documents, path, kind)["spec"]
     pod = spec["template"]["spec"] if kind == "Deployment" else spec
     container = pod["containers"][0]
     args = env_of(container).get("GUNICORN_CMD_ARGS") or dockerfile_env()["GUNICORN_CMD_ARGS"]
     # gunicorn.conf.py binds 127.0.0.1, which no probe or Service can reach.
     assert binds(args) == [f"0.0.0.0:{PORT}"]
+
+
+# -- several replicas on one PostgreSQL -----------------------------------------
+
+@pytest.fixture(scope="module")
+def replicas(documents) -> dict[str, Any]:
+    return in_file(documents, REPLICAS, "Deployment", "depot")
+
+
+@pytest.fixture(scope="module")
+def replica_container(replicas) -> dict[str, Any]:
+    [container] = replicas["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.fixture(scope="module")
+def state_url(documents, replica_container) -> str:
+    ref = secret_ref(replica_container, "DEPOT_STATE_URL")
+    return secret_value(in_file(documents, REPLICAS, "Secret", ref["name"]), ref["key"])
+
+
+def mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The mount that holds path (the deepest, as the kernel resolves it)."""
+    found = [m for m in container["volumeMounts"] if Path(path).is_relative_to(m["mountPath"])]
+    assert found, f"{path} is on no volume"
+    return max(found, key=lambda m: len(m["mountPath"]))
+
+
+def volume_of(deployment: dict[str, Any], mount: dict[str, Any]) -> dict[str, Any]:
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == mount["name"]]
+    return volume
+
+
+def test_replicas_scale_out(replicas):
+    assert replicas["spec"]["replicas"] >= 2
+
+
+def test_replicas_state_url_from_the_secret(replica_container, state_url):
+    ref = secret_ref(replica_container, "DEPOT_STATE_URL")
+    # A replica started without the URL would keep a state of its own on
+    # SQLite and serve it behind the same Service: the Secret is required.
+    assert not ref.get("optional", False)
+    assert urlsplit(state_url).scheme in ("postgresql", "postgres")
+    assert "DEPOT_STATE_URL" not in env_of(replica_container), "a plain value beside the Secret"
+
+
+def test_replicas_share_a_read_only_models_volume(documents, replicas, replica_container):
+    models = env_of(replica_container)["DEPOT_MODELS"]
+    mount = mount_of(replica_container, models)
+    assert mount["mountPath"] == models and mount.get("readOnly") is True
+    claim = volume_of(replicas, mount)["persistentVolumeClaim"]["claimName"]
+    pvc = in_file(documents, REPLICAS, "PersistentVolumeClaim", claim)
+    # Every pod, on any node, must mount the same folder at once.
+    assert "ReadOnlyMany" in pvc["spec"]["accessModes"]
+
+
+def test_replicas_state_dir_is_each_pods_own(replicas, replica_container):
+    mount = mount_of(replica_container, env_of(replica_container)["DEPOT_STATE_DIR"])
+    assert not mount.get("readOnly")
+    # Snapshots, metrics files and locks are per host: a shared volume here
+    # would mix the pods' files.
+    assert "emptyDir" in volume_of(replicas, mount)
+
+
+def test_postgres_service_is_the_state_urls_host(documents, state_url):
+    url = urlsplit(state_url)
+    postgres = in_file(documents, REPLICAS, "Service", url.hostname)
+    [port] = postgres["spec"]["ports"]
+    assert port["port"] == (url.port or 5432)
+    server = in_file(documents, REPLICAS, "StatefulSet", "depot-postgres")
+    pod = server["spec"]["template"]
+    assert postgres["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    [container] = pod["spec"]["containers"]
+    assert resolve_port(container, port["targetPort"]) == 5432
+    # Depot's Service must not send inference traffic to the database.
+    depot = in_file(documents, REPLICAS, "Service", "depot")
+    assert not depot["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_postgres_takes_the_credentials_of_the_state_url(documents, state_url):
+    url = urlsplit(state_url)
+    server = in_file(documents, REPLICAS, "StatefulSet", "depot-postgres")
+    [container] = server["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == (url.username, url.path.lstrip("/"))
+    ref = secret_ref(container, "POSTGRES_PASSWORD")
+    secret = in_file(documents, REPLICAS, "Secret", ref["name"])
+    assert secret_value(secret, ref["key"]) == url.password
+    assert "change-me" in url.password, "the example password must look like a placeholder"
+
+
+def test_postgres_statefulset(documents):
+    server = in_file(documents, REPLICAS, "StatefulSet", "depot-postgres")
+    assert server["spec"]["replicas"] == 1
+    pod = server["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"].startswith("postgres:16")
+    assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    # The data survives a restart: its folder is on the claim template.
+    claims = {c["metadata"]["name"] for c in server["spec"]["volumeClaimTemplates"]}
+    data = Path(env_of(container).get("PGDATA", "/var/lib/postgresql/data"))
+    assert mount_of(container, str(data))["name"] in claims
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    check_resources(container)
 
 
 # -- Dockerfile ----------------------------------------------------------------

@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import timeit
 from pathlib import Path
@@ -165,6 +166,40 @@ def test_a_write_returns_applied_once_every_live_host_has_heard_it(host):
         a.wait_applied()
         assert time.monotonic() - started < 1
         assert b.change_mark() == a.change_mark()  # b's next request reads the new row
+
+
+def test_a_host_that_acknowledged_a_write_holds_its_rows_through_an_outage(host, postgres):
+    """b acknowledges a's write only once it holds the rows as of it, so the
+    database may go away right after a's call returns and b still serves
+    what it acknowledged, with no read."""
+    a, b = host("a"), host("b")
+    a.reset()
+    assert b.vouches()
+    a.put(ROW)
+    a.wait_applied()
+    mark = b.change_mark()
+    assert mark == a.change_mark()
+    with postgres.down():
+        assert b.rows_as_of(mark) == [ROW]
+        assert a.rows_as_of(a.change_mark()) == [ROW]  # the writer holds its own write's
+        with pytest.raises(StateUnavailable):
+            b.rows()  # a read that needs the database says it is gone
+
+
+def test_one_watcher_for_the_deployment_and_a_takeover_when_its_session_ends(host, postgres):
+    a, b = host("a"), host("b")
+    a.reset()
+    holds = a.become_watcher()
+    assert holds()
+    took: list = []
+    threading.Thread(target=lambda: took.append(b.become_watcher()), daemon=True).start()
+    time.sleep(2.5)  # two of b's tries
+    assert not took
+    with psycopg.connect(postgres.admin_url, autocommit=True) as admin:  # a's host dies
+        admin.execute("SELECT pg_terminate_backend(%s)", (holds.__self__.conn.info.backend_pid,))
+    wait_until(lambda: took, timeout=10)
+    assert took[0]()
+    wait_until(lambda: not holds(), timeout=5)  # a learns it is no longer the watcher
 
 
 def test_a_host_that_stops_hearing_stops_serving_before_the_others_stop_waiting(host):

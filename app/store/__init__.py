@@ -74,6 +74,11 @@ class Store(Protocol):
 
     def rows(self) -> list[Row]: ...
 
+    def rows_as_of(self, mark: int) -> list[Row]:
+        """The rows as of ``mark`` or later, from this process's own copy
+        when it has one that new: what a request's state check reads, so it
+        needs the store only when the state has moved."""
+
     def put(self, row: Row) -> None:
         """Publish a row (insert or replace) and move the change mark."""
 

@@ -5,12 +5,13 @@ the same rules: every write bumps the change counter in its own transaction,
 and a reader that sees the mark it saw before has seen every write that
 returned. What differs is how the mark reaches a host. Reading it from the
 database on every request would put a round trip on the inference path, so
-each process keeps it locally: every write sends ``NOTIFY depot_changes`` with
-its counter value in the same transaction, and a daemon thread per process
-holds a ``LISTEN`` session and stores the newest value it has heard (and
-re-reads the counter whenever it (re)connects, so nothing is missed while it
-was away). A write also sets its own process's mark from its ``RETURNING``,
-so the writer never reads a mark older than its own write.
+each process keeps the mark, and the rows as of it, locally: every write
+sends ``NOTIFY depot_changes`` in the same transaction, and a daemon thread
+per process holds a ``LISTEN`` session, reads the counter (and, when it
+moved, the rows) after each notification and each heartbeat, and then
+acknowledges that mark. A host that has acknowledged a change serves it from
+its own copy even if the database goes away right after. A write also takes
+the rows as of its own mark, so the writer never serves older ones.
 
 Connections never cross a fork: gunicorn's master uses the store before it
 forks the workers, and a libpq session shared by two processes interleaves
@@ -78,7 +79,7 @@ SCHEMA_ID = hashlib.sha1(SCHEMA.encode()).hexdigest()[:12]
 CHANNEL = "depot_changes"
 #: one statement bumps the counter and queues its notification; both take
 #: effect when (and only if) the transaction commits
-BUMP = f"UPDATE changes SET n = n + 1 WHERE id = 0 RETURNING n, pg_notify('{CHANNEL}', n::text)"
+BUMP = f"UPDATE changes SET n = n + 1 WHERE id = 0 RETURNING pg_notify('{CHANNEL}', n::text)"
 #: who the database is: a new cluster (initdb) has another system
 #: identifier, a database dropped and made again another oid; a promoted
 #: standby has both of its primary's, so a failover is the same database
@@ -91,6 +92,10 @@ IDENTIFY_UNPRIVILEGED = """SELECT '', d.oid::bigint,
 #: the advisory lock that serialises making the tables (two hosts starting at once)
 SCHEMA_LOCK = int.from_bytes(hashlib.sha1(b"depot:schema").digest()[:8], "big", signed=True)
 
+#: the counter and the rows in one statement, so both come from one snapshot
+#: (a LEFT JOIN: the counter comes back even when there are no rows)
+VIEW = (f"SELECT c.n, {', '.join('m.' + c for c in COLUMNS.split(', '))} "
+        "FROM changes c LEFT JOIN models m ON true WHERE c.id = 0 ORDER BY m.name, m.version")
 #: the advisory lock held by the deployment's one models-folder watcher
 WATCH_LOCK = int.from_bytes(hashlib.sha1(b"depot:watcher").digest()[:8], "big", signed=True)
 #: seconds between two tries of the watcher's lock, and between two checks
@@ -148,6 +153,12 @@ class _Process:
         self.stale = False
         #: the newest change mark this process has heard of
         self.mark = mark
+        #: the rows as of a mark, read by the listener (or a write of this
+        #: process) when the counter moved: requests serve from them, so a
+        #: host that has acknowledged a change keeps serving it even if the
+        #: database goes away right after
+        self.view: tuple[int, list[Row]] | None = None
+        self.advancing = threading.Lock()
         self.listener: threading.Thread | None = None
         self.listen_since = 0.0
         self.listening = threading.Event()  # set once the listener has read the counter
@@ -158,6 +169,13 @@ class _Process:
         self.acked_at = 0.0
         #: after a failed connection: until when to fail at once, and with what
         self.down: tuple[float, StateUnavailable] | None = None
+
+    def advance(self, mark: int, rows: list[Row] | None = None) -> None:
+        """Take a newer mark (and the rows as of it); never go back."""
+        with self.advancing:
+            if rows is not None and (self.view is None or mark > self.view[0]):
+                self.view = (mark, rows)
+            self.mark = max(self.mark, mark)
 
 
 class _SessionCheck:
@@ -341,8 +359,9 @@ class PostgresStore:
     def _listen(self, proc: _Process) -> None:
         """Hold a LISTEN session for as long as the process lives: LISTEN
         first, then read the counter, so a write between the two is heard
-        either way; then every notification's value, and the counter again
-        each :data:`HEARTBEAT`. A lost session is made again."""
+        either way; then the counter again after every notification and each
+        :data:`HEARTBEAT`, and the rows whenever it moved. A lost session is
+        made again."""
         while not proc.stopping.is_set():
             try:
                 conn = self._connect(proc, wait=True)
@@ -353,17 +372,17 @@ class PostgresStore:
                 with conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not proc.stopping.is_set():
-                        (proc.mark,) = conn.execute(
-                            "SELECT n FROM changes WHERE id = 0").fetchone()
+                        (mark,) = conn.execute("SELECT n FROM changes WHERE id = 0").fetchone()
+                        if proc.view is None or proc.view[0] < mark:
+                            mark, rows = self._read_view(conn)
+                            proc.advance(mark, rows)
                         proc.heard_at = time.monotonic()
                         self._ack(conn, proc)
                         proc.listening.set()
                         # One notification (or a heartbeat's silence), then the
-                        # counter is read again and acknowledged above.
-                        for note in conn.notifies(timeout=HEARTBEAT, stop_after=1):
-                            if note.payload.isdigit():  # anyone may NOTIFY the channel
-                                proc.mark = max(proc.mark, int(note.payload))
-                                proc.heard_at = time.monotonic()
+                        # counter and rows are read again and acknowledged above.
+                        for _ in conn.notifies(timeout=HEARTBEAT, stop_after=1):
+                            proc.heard_at = time.monotonic()
             except psycopg.Error:
                 proc.stale = True
                 proc.stopping.wait(0.1)  # then a new session, at once if the server is back
@@ -377,9 +396,15 @@ class PostgresStore:
     def _process(self, proc: _Process) -> str:
         return f"{self.host_id}:{proc.pid}"
 
+    @staticmethod
+    def _read_view(conn: psycopg.Connection) -> tuple[int, list[Row]]:
+        """The counter and every row, read by one statement (one snapshot)."""
+        found = conn.execute(VIEW).fetchall()
+        return found[0][0], [Row(*r[1:]) for r in found if r[1] is not None]
+
     def _ack(self, conn: psycopg.Connection, proc: _Process) -> None:
-        """Tell the others which mark this process has applied: the next
-        request it serves reads the rows of that mark or a newer one."""
+        """Tell the others which mark this process has applied: it holds the
+        rows as of that mark, and its next request serves from them."""
         conn.execute(ACK, (self._process(proc), proc.mark))
         proc.acked_at = time.monotonic()
 
@@ -414,6 +439,15 @@ class PostgresStore:
             found = conn.execute(f"SELECT {COLUMNS} FROM models WHERE name = %s AND version = %s",
                                  (name, version)).fetchone()
         return Row(*found) if found else None
+
+    def rows_as_of(self, mark: int) -> list[Row]:
+        """The rows as of ``mark`` or later: the ones this process's listener
+        (or its own last write) read, when they are that new; else read."""
+        proc = self._here()
+        view = proc.view
+        if view is not None and view[0] >= mark:
+            return view[1]
+        return self.rows()
 
     def rows(self) -> list[Row]:
         with self._session() as conn:
@@ -458,13 +492,14 @@ class PostgresStore:
 
     def _write(self, *statements: tuple[str, tuple | None]) -> None:
         """The statements, the counter's bump and its notification in one
-        transaction; then this process's mark is the write's own."""
+        transaction; then this process's mark and rows are the write's own."""
         with self._session() as conn:
             with conn.transaction():
                 for sql, params in statements:
                     conn.execute(sql, params)
-                (mark, _) = conn.execute(BUMP).fetchone()
-        self._here().mark = mark
+                conn.execute(BUMP)
+                mark, rows = self._read_view(conn)
+        self._here().advance(mark, rows)
 
     # -- the model lock ---------------------------------------------------------
 

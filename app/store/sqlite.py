@@ -180,6 +180,10 @@ class SQLiteStore:
         return [Row(*r) for r in self._connect().execute(
             f"SELECT {COLUMNS} FROM models ORDER BY name, version")]
 
+    def rows_as_of(self, mark: int) -> list[Row]:
+        """The rows (a local read already: the file is on this host)."""
+        return self.rows()
+
     def put(self, row: Row) -> None:
         self._write(
             f"INSERT OR REPLACE INTO models ({COLUMNS}) VALUES ({MARKS.replace('%s', '?')})",
