@@ -60,6 +60,7 @@ class Server:
     results: dict = field(default_factory=dict)
     cold_start: float | None = None
     pss_mb: float | None = None
+    port: int = PORT
 
 
 # -- set-up ----------------------------------------------------------------------------
@@ -105,14 +106,14 @@ def make_samples(folder: Path) -> None:
 
 # -- processes -----------------------------------------------------------------------------
 
-def port_free() -> bool:
+def port_free(port: int = PORT) -> bool:
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", PORT)) != 0
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def ready() -> bool:
+def ready(port: int = PORT) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v2/health/ready", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -120,9 +121,9 @@ def ready() -> bool:
 
 def start(server: Server, log: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 30
-    while not port_free():
+    while not port_free(server.port):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"port {PORT} is still taken")
+            raise RuntimeError(f"port {server.port} is still taken")
         time.sleep(0.1)
     env = {**os.environ, **server.env}
     began = time.monotonic()
@@ -130,7 +131,7 @@ def start(server: Server, log: Path) -> subprocess.Popen:
                             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = began + 120
-    while not ready():
+    while not ready(server.port):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
             raise RuntimeError(f"{server.label} did not start; see {log}")
@@ -203,12 +204,13 @@ def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace)
 # -- Depot-only measurements ------------------------------------------------------------
 
 def depot_server(label: str, home: Path, workers: int, *extra: str,
-                 state_url: str | None = None) -> Server:
-    env = {"DEPOT_STATE_DIR": str(home / ("state-pg" if state_url else "state"))}
+                 state_url: str | None = None, port: int = PORT) -> Server:
+    state = "state" if not state_url else f"state-pg-{port}"
+    env = {"DEPOT_STATE_DIR": str(home / state)}
     if state_url:
         env["DEPOT_STATE_URL"] = state_url
-    return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{PORT}",
-                                     "--workers", str(workers), *extra], env=env)
+    return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+                                     "--workers", str(workers), *extra], env=env, port=port)
 
 
 @contextlib.contextmanager
@@ -248,47 +250,59 @@ def depot_memory(home: Path, samples: Path) -> dict:
     return found
 
 
-def control_plane(home: Path, samples: Path) -> dict:
-    """After unload (load) returns, 64 requests at once over 4 workers: how
-    long after the call returned did the first burst start in which every
-    reply was refused (served)? Worst of 5 tries each way."""
-    server = depot_server("depot-control", home, 4)
-    proc = start(server, home / "depot-control.log")
+def control_plane(home: Path, samples: Path, state_url: str | None = None) -> dict:
+    """After unload (load) returns, 64 requests at once: how long after the
+    call returned did the first burst start in which every reply was refused
+    (served)? Worst of 5 tries each way, and the calls' median duration. On
+    one host of 4 workers; with ``state_url``, the call goes to one host and
+    the bursts to another (2 workers each, one PostgreSQL)."""
+    if state_url:
+        servers = [depot_server(f"depot-control-{port}", home, 2, state_url=state_url,
+                                port=port) for port in (PORT, PORT + 10)]
+    else:
+        servers = [depot_server("depot-control", home, 4)]
+    procs = [start(s, home / f"{s.label}.log") for s in servers]
     body = (samples / "mushroom-xgboost-1.json").read_bytes()
-    base = f"http://127.0.0.1:{PORT}"
+    caller, checked = (f"http://127.0.0.1:{s.port}" for s in (servers[0], servers[-1]))
 
-    def status(path: str, data: bytes = b"") -> int:
+    def status(url: str, data: bytes = b"") -> int:
         try:
-            with urllib.request.urlopen(urllib.request.Request(base + path, data=data),
+            with urllib.request.urlopen(urllib.request.Request(url, data=data),
                                         timeout=10) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
 
-    def control(op: str) -> None:
-        assert status(f"/v2/repository/models/mushroom-xgboost/{op}") == 200
+    def control(op: str) -> float:
+        began = time.monotonic()
+        assert status(f"{caller}/v2/repository/models/mushroom-xgboost/{op}") == 200
+        return time.monotonic() - began
 
     def burst() -> set[int]:
+        url = f"{checked}/v2/models/mushroom-xgboost/infer"
         with ThreadPoolExecutor(16) as pool:
-            return set(pool.map(lambda _: status("/v2/models/mushroom-xgboost/infer", body),
-                                range(64)))
+            return set(pool.map(lambda _: status(url, body), range(64)))
 
     results = {}
     try:
         for op, undo, want in (("unload", "load", 400), ("load", "unload", 200)):
-            worst = 0.0
+            worst, took = 0.0, []
             for _ in range(5):
                 control(undo)
-                control(op)
+                took.append(control(op))
                 returned = time.monotonic()
-                while True:
+                for _ in range(1000):
                     began = time.monotonic()
                     if burst() == {want}:
                         break
+                else:
+                    raise RuntimeError(f"{op}: the bursts never agreed")
                 worst = max(worst, began - returned)
             results[op] = worst
+            results[f"{op} call"] = statistics.median(took)
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
     return results
 
 
@@ -416,6 +430,7 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     print("# memory and control plane", flush=True)
     memory = depot_memory(args.home, samples)
     control = control_plane(args.home, samples)
+    across = control_plane(args.home, samples, state_url) if state_url else None
     state = run_python("state_check.py").strip().splitlines()[-1]
     if state_url:
         state_pg = run_python("state_check.py", "20000", state_url).strip().splitlines()[-1]
@@ -428,6 +443,14 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             f"{control['unload'] * 1000:.1f} ms after the call returned",
         "load -> a burst all served, starting (worst of 5)":
             f"{control['load'] * 1000:.1f} ms after the call returned",
+        "unload / load call, median of 5": (
+            f"{control['unload call'] * 1000:.1f} / {control['load call'] * 1000:.1f} ms on one "
+            "host (SQLite)" + (f"; {across['unload call'] * 1000:.1f} / "
+                                 f"{across['load call'] * 1000:.1f} ms across two hosts "
+                                 "(PostgreSQL)" if across else "")),
+        "two hosts on PostgreSQL: call on one, bursts on the other, all agreeing (worst of 5)": (
+            f"unload {across['unload'] * 1000:.1f} ms, load {across['load'] * 1000:.1f} ms "
+            "after the call returned" if across else "-"),
         "shared-state check": state,
         "in-process e2e ms": ", ".join(f"{m} {r} rows {v:.3f}" for (m, r), v in inproc.items()),
         "cold start Depot / MLServer default": (
