@@ -31,6 +31,7 @@ clean:
 
 bench: install-test
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/memory.py
 
 # Hostile clients against a real server, measured (docs/architecture.md)
 attacks: install-test

@@ -68,30 +68,50 @@ def when_ready(server):
     meanwhile every connection is answered 503 instead of hanging."""
     from app.loading import NotReadyResponder
 
+    from app.master import Master
+
     registry = _registry(server)
+    # The libraries live as long as the workers: out of the garbage
+    # collector's sight, its full collections stop walking them (tens of ms,
+    # every few seconds under load), and the pages stay shared instead of
+    # being copied when it touches them. Models stay in its sight: a model
+    # with reference cycles (XGBoost's) must be collectable once replaced.
+    gc.freeze()
     with NotReadyResponder(server.LISTENERS):
         registry.startup()
+    # Models loaded later are loaded by this process too, and shared with
+    # fresh workers that replace the old ones (app/master.py); its own sync
+    # thread keeps its copies in line with the shared state.
+    registry.master = Master(server, registry, registry.settings.state_dir / "workers")
+    registry.master.serve()
+    registry.start_sync()
     if registry.settings.metrics_port:
         # The master lives as long as the deployment: it serves the extra
         # /metrics port, summing the workers' files like the main route does.
         metrics = server.app.wsgi().extensions["depot.metrics"]
         metrics.serve("127.0.0.1", registry.settings.metrics_port, registry.store.rows)
-    # Everything loaded so far (libraries, models) lives as long as the
-    # workers: out of the garbage collector's sight, its full collections
-    # stop walking it (tens of ms, every few seconds under load), and the
-    # pages stay shared instead of being copied when it touches them.
-    gc.freeze()
 
 
 def post_worker_init(worker):
     """Each worker keeps its copies in line with the shared state, and
-    stands for election as the deployment's one models-folder watcher."""
+    stands for election as the deployment's one models-folder watcher.
+    It tells the master when it serves, and, as it stops, when it takes no
+    new requests (the master waits for both when it replaces workers)."""
     registry = _registry(worker)
     registry.start_sync()
     if registry.settings.watch:
         from app import watcher
 
         watcher.start_election(registry)
+    worker.on_retiring = lambda: setattr(registry, "retiring", True)
+    worker.on_quiet = registry.master.worker_quiet
+    registry.master.worker_ready()
+
+
+def worker_exit(server, worker):
+    """A worker that stops leaves the shared state's list of live processes
+    (with PostgreSQL, a control call would otherwise wait for it)."""
+    _registry(worker).store.close()
 
 
 def post_fork(server, worker):
@@ -101,7 +121,9 @@ def post_fork(server, worker):
 
 
 def child_exit(server, worker):
-    """A dead worker's live gauges go with it; its counters stay counted."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    """A dead worker's counters stay counted, folded into one set of files
+    (workers are replaced on every hot load: app/master.py)."""
+    server.app.wsgi().extensions["depot.metrics"].retire(worker.pid)
+    master = _registry(server).master
+    if master is not None:
+        master.worker_gone(worker.pid)

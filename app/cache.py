@@ -8,9 +8,17 @@ background thread of the registry does the same eagerly. A build that
 fails is not tried again for :data:`RETRY_AFTER` seconds (a 2 GB model is
 not reloaded on every request): the copy is refused meanwhile, with the
 reason, and the index of this host says so.
+
+A copy may also be *staged*: built (in the gunicorn master) for a generation
+that is not published yet, so that the workers forked next inherit it and
+serve it, without building their own, once it is. A staged copy that is not
+published within :data:`STAGED_FOR` seconds was abandoned and is dropped.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import threading
 import time
 from typing import Callable
@@ -23,6 +31,8 @@ Key = tuple[str, str]  # (name, version); version "" when the model has none
 
 #: seconds before a generation that failed to build is tried again
 RETRY_AFTER = 10.0
+#: seconds a staged copy waits for its generation to be published
+STAGED_FOR = 120.0
 
 
 class Refused(Exception):
@@ -40,6 +50,16 @@ class RuntimeCache:
         self._lock = threading.Lock()  # held only to update the dicts, never to build
         self._building: dict[Key, threading.Lock] = {}  # one build of a key at a time
         self._refused: dict[Key, tuple[int, float, str]] = {}  # generation, until, reason
+        #: how many copies this process has built (not staged, not inherited)
+        self.builds = 0
+        #: copies built for a generation not yet published: generation, copy, until
+        self._staged: dict[Key, tuple[int, runtimes.Runtime, float]] = {}
+        # A fork taken while another thread held a lock must not inherit it held.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._building = {}
 
     def __contains__(self, key_: Key) -> bool:
         return key_ in self._copies
@@ -52,9 +72,40 @@ class RuntimeCache:
         return found[0] if found else None
 
     def get(self, key_: Key, generation: int) -> runtimes.Runtime | None:
-        """The copy of that generation, if this process has it."""
+        """The copy of that generation, if this process has it (a staged one
+        of that generation is served from now on)."""
         found = self._copies.get(key_)
-        return found[1] if found is not None and found[0] == generation else None
+        if found is not None and found[0] == generation:
+            return found[1]
+        staged = self._staged.get(key_)
+        if staged is not None and staged[0] == generation:
+            self.put(key_, generation, staged[1])
+            return staged[1]
+        return None
+
+    def stage(self, key_: Key, generation: int, runtime: runtimes.Runtime) -> None:
+        """Keep ``runtime`` for that generation until it is published."""
+        with self._lock:
+            old = self._staged.get(key_)
+            self._staged[key_] = (generation, runtime, time.monotonic() + STAGED_FOR)
+        if old is not None and old[1] is not runtime:
+            release(old[1])
+
+    def expire_staged(self, generations: dict[Key, int]) -> None:
+        """Drop the staged copies that will never be served: their model is
+        not READY or LOADING now (not in ``generations``), its generation is
+        past theirs, or they waited too long for it."""
+        now = time.monotonic()
+        for key_, (generation, runtime, until) in list(self._staged.items()):
+            published = generations.get(key_)
+            if published is not None and published == generation:
+                continue  # served from the next request on
+            if published is None or published > generation or now > until:
+                with self._lock:
+                    if self._staged.get(key_, (None,))[0] == generation:
+                        del self._staged[key_]
+                if self.generation(key_) != generation:
+                    release(runtime)
 
     def refusal(self, key_: Key, generation: int) -> str | None:
         """Why this process does not serve that generation, if it tried and
@@ -83,6 +134,7 @@ class RuntimeCache:
                 if reason is not None:
                     raise Refused(reason)
                 try:
+                    self.builds += 1
                     runtime = self._build(row)
                 except Refused as e:
                     self.refuse(key_, row.generation, e.reason)
@@ -96,13 +148,50 @@ class RuntimeCache:
         with self._lock:
             old = self._copies.get(key_)
             self._copies[key_] = (generation, runtime)
+            if self._staged.get(key_, (None,))[0] == generation:
+                del self._staged[key_]
         if old is not None and old[1] is not runtime:
-            old[1].unload()
+            release(old[1])
 
     def drop(self, key_: Key) -> None:
-        if key_ not in self._copies:
+        if key_ not in self._copies and key_ not in self._staged:
             return
         with self._lock:
             old = self._copies.pop(key_, None)
-        if old is not None:
-            old[1].unload()
+            staged = self._staged.pop(key_, None)
+        for found in (old, staged):
+            if found is not None:
+                release(found[1])
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release(runtime: runtimes.Runtime) -> None:
+    """Unload a copy; its memory goes back at the next :func:`trim`."""
+    global _trim_due
+    runtime.unload()
+    _trim_due = True
+
+
+_trim_due = False
+
+
+def trim() -> None:
+    """Give the memory of the copies let go since the last call back to the
+    system. glibc keeps freed memory for reuse, and once a large block has
+    been freed it takes later large blocks from the heap, where freeing does
+    not return them: a replaced copy would stay in every process, private to
+    each. ``malloc_trim`` returns every free page. Called where no reference
+    to a released copy is left (the registry's sync, between passes)."""
+    global _trim_due
+    if _trim_due and _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _trim_due = False
+        _LIBC.malloc_trim(0)

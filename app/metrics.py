@@ -12,13 +12,15 @@ it is a SIGBUS that kills the worker. So each worker allocates its files first
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import struct
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger("depot.metrics")
 
@@ -29,6 +31,8 @@ LAST_MODE = "max"  # the last-inference gauge's multiprocess mode
 #: the files prometheus_client.values names ``{prefix}_{pid}.db``: one per type
 #: of metric Depot declares, gauges by their multiprocess mode
 FILE_PREFIXES = ("counter", "histogram", f"gauge_{LAST_MODE}")
+#: the pseudo-pid in the names of the files that hold dead workers' numbers
+RETIRED = "retired"
 #: prometheus-client's first size for a file (mmap_dict._INITIAL_MMAP_SIZE);
 #: when full, it doubles it. An all-zero file is a valid empty one.
 FILE_SIZE = 1 << 16
@@ -107,14 +111,53 @@ class Metrics:
     def collected(self) -> Any:
         """A fresh registry whose collect() sums every worker's numbers."""
         from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         merged = CollectorRegistry()
         if self.multiprocess_dir is None:
             merged.register(_Frozen(list(self.registry.collect())))
         else:
-            MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+            merged.register(_Folded(self))
         return merged
+
+    def retire(self, pid: int) -> None:
+        """Fold a dead worker's files into the ``retired`` ones (counters
+        and histograms summed, the last-inference gauge at its maximum) and
+        remove them: its numbers stay counted, and the files (and the time
+        a scrape takes) stay as many as the live workers, however often
+        workers are replaced. A scrape never sees a half-folded state."""
+        if self.multiprocess_dir is None:
+            return
+        from prometheus_client.mmap_dict import MmapedDict
+
+        with self._files(fcntl.LOCK_EX):
+            for prefix in FILE_PREFIXES:
+                dead = self.multiprocess_dir / f"{prefix}_{pid}.db"
+                if not dead.exists():
+                    continue
+                try:
+                    values = list(MmapedDict.read_all_values_from_file(str(dead)))
+                    if values:
+                        retired = self.multiprocess_dir / f"{prefix}_{RETIRED}.db"
+                        _allocate(retired)  # no sparse pages: a full disk is an OSError here
+                        kept = MmapedDict(str(retired))
+                        try:
+                            for key_, value, timestamp, _ in values:
+                                old, _ = kept.read_value(key_)
+                                kept.write_value(key_, max(old, value) if prefix.startswith(
+                                    "gauge") else old + value, timestamp)
+                        finally:
+                            kept.close()
+                    dead.unlink()
+                except OSError as e:  # a full state folder: the file stays, still counted
+                    log.warning("could not fold %s into the retired counts: %s", dead, e)
+
+    @contextlib.contextmanager
+    def _files(self, how: int) -> Iterator[None]:
+        """Scrapes share this lock; folding a dead worker's files takes it alone."""
+        assert self.multiprocess_dir is not None
+        with open(self.multiprocess_dir / ".lock", "a") as handle:
+            fcntl.flock(handle, how)
+            yield
 
     def exposition(self, rows: Callable[[], list[Any]]) -> bytes:
         from prometheus_client import generate_latest
@@ -194,6 +237,21 @@ class _ModelStates:
         for row in rows:
             state.add_metric([row.name, row.version, row.state], 1)
         return [loaded, state]
+
+
+class _Folded:
+    """Every worker's numbers, live and retired, read under the files' lock
+    at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        folder = self.metrics.multiprocess_dir
+        with self.metrics._files(fcntl.LOCK_SH):
+            return list(MultiProcessCollector(None, path=str(folder)).collect())
 
 
 class _Frozen:

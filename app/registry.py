@@ -18,7 +18,9 @@ that hangs holds up only the calls for its own model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,6 +34,7 @@ from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, Mod
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
 from .settings import Settings
+from . import cache
 from .cache import Key, Refused, RuntimeCache
 from .snapshots import ArtifactDiffers, Snapshots
 from .store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
@@ -44,6 +47,10 @@ RELOAD_FAILED = "reload failed: "
 LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
                 "DEPOT_LEASE_SECONDS; it serves again once it is back")
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
+#: artifacts from this size on are loaded by the gunicorn master and shared by
+#: fresh workers (app/master.py); a smaller model costs each worker less than
+#: replacing the workers does (a fork each, and about a second)
+SHARED_FROM = 1 << 20
 #: the start of the reason a host gives for not serving a READY model
 NOT_SERVED_HERE = "this host cannot serve the loaded copy: "
 #: the lock a host's start-up holds (no model is named ""), and how long
@@ -68,6 +75,17 @@ def _event(event: str, name: str, version: str, reason: str, level: int = loggin
             extra={"event": event, "model": name, "version": version, "reason": reason})
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """A version loaded and checked, not yet published; ``runtime`` is None
+    when the gunicorn master holds the copy the workers will serve."""
+
+    spec: ModelSpec
+    stored: Row | None
+    new: Row
+    runtime: runtimes.Runtime | None
+
+
 class View:
     """What a worker knows of the store at one change mark: every row by
     key, and each model's versions newest first."""
@@ -87,9 +105,13 @@ class Registry:
         self.cache = RuntimeCache(self._build_copy)
         self.snapshots = Snapshots(settings.state_dir / "snapshots")
         self._seen = View(-1, [])
-        self._syncing = False
+        self._syncing = 0  # the process whose sync thread runs
         #: the generation whose older snapshots sync last removed, by key
         self._swept: dict[Key, int] = {}
+        #: the gunicorn master (app/master.py), in it and in its workers
+        self.master: Any = None
+        #: set in a worker that is stopping: its sync builds no new copies
+        self.retiring = False
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
@@ -365,10 +387,21 @@ class Registry:
                     self._repair(row)
             if not specs:
                 raise ModelNotFound(f"model {name!r} is not in the repository")
-            loaded, failures = [], []
+            prepared, failures = [], []
             for spec in specs:
+                stored = self.store.get(spec.name, spec.version)
                 try:
-                    loaded.append(self._load_version(spec))
+                    with self._loading(spec, stored):
+                        prepared.append(self._prepare(spec, stored))
+                except LoadFailed as e:
+                    failures.append(e.message)
+            if any(ready.runtime is None for ready in prepared):
+                self._replace_workers()
+            loaded = []
+            for ready in prepared:
+                try:
+                    with self._loading(ready.spec, ready.stored):
+                        loaded.append(self._commit(ready))
                 except LoadFailed as e:
                     failures.append(e.message)
             if failures:
@@ -396,29 +429,52 @@ class Registry:
     # -- worker cache -------------------------------------------------------
 
     def sync(self) -> None:
-        """Bring this worker's cache in line with every row at once."""
+        """Bring this process's cache in line with every row at once. A
+        worker that is stopping builds nothing (the fresh forks replacing it
+        have the copies); the master replaces its workers when it had to
+        build a large copy itself (a load on another host), so they share it."""
         rows = self.view().rows
         for cached in self.cache.keys():
             row = rows.get(cached)
             if row is None or row.state != READY:
                 self.cache.drop(cached)
+        self.cache.expire_staged({k: r.generation for k, r in rows.items()
+                                  if r.state in (READY, LOADING)})
+        shared = False
         for row in rows.values():
-            if self._swept.get((row.name, row.version)) != row.generation:
+            key_ = (row.name, row.version)
+            if self._swept.get(key_) != row.generation:
                 self.snapshots.discard_older(row.name, row.version, row.generation)
-                self._swept[(row.name, row.version)] = row.generation
-            if row.state == READY and self.cache.generation((row.name, row.version)) != row.generation:
-                if self.cache.refusal((row.name, row.version), row.generation) is not None:
-                    continue
-                try:
-                    self.cache.catch_up(row)
-                except Refused as e:
-                    _event("refuse", row.name, row.version, e.reason, logging.WARNING)
+                self._swept[key_] = row.generation
+            if row.state != READY or self.cache.generation(key_) == row.generation:
+                continue
+            if self.cache.refusal(key_, row.generation) is not None:
+                continue
+            if self.retiring and self.cache.get(key_, row.generation) is None:
+                continue
+            builds = self.cache.builds
+            try:
+                self.cache.catch_up(row)
+            except Refused as e:
+                _event("refuse", row.name, row.version, e.reason, logging.WARNING)
+                continue
+            shared |= self.cache.builds != builds and self._is_large(row)
+        if shared and self.master is not None and not self.master.in_worker():
+            self.master.roll_soon()
+        cache.trim()
+
+    def _is_large(self, row: Row) -> bool:
+        try:
+            return self.snapshots.path(row).stat().st_size >= SHARED_FROM
+        except OSError:
+            return False
 
     def start_sync(self) -> None:
-        """Run :meth:`sync` in a daemon thread of this worker, forever."""
-        if self._syncing:
+        """Run :meth:`sync` in a daemon thread of this process, forever (a
+        fork starts its own: threads do not cross a fork)."""
+        if self._syncing == os.getpid():
             return
-        self._syncing = True
+        self._syncing = os.getpid()
 
         def loop() -> None:
             said = None  # a lasting fault (the state database gone) is logged once
@@ -441,7 +497,10 @@ class Registry:
         (made first from the models folder when the host has none: the load
         happened on another host, or this one lost its copy)."""
         try:
-            return self._build(row.runtime, self._snapshot(row), row.details)
+            runtime = self._build(row.runtime, self._snapshot(row), row.details)
+            _event("copy", row.name, row.version,
+                   f"generation {row.generation} loaded by process {os.getpid()}")
+            return runtime
         except ArtifactDiffers as e:
             raise Refused(f"{NOT_SERVED_HERE}{e}; call load to publish it") from None
         except (Exception, SystemExit) as e:  # a pickle may call exit()
@@ -459,27 +518,27 @@ class Registry:
 
     # -- loading ------------------------------------------------------------
 
-    def _load_version(self, spec: ModelSpec) -> Row:
-        """Copy one version's artifact to a snapshot, load and verify it
-        here, then publish it. Called with the model's lock held. A state
-        folder that refuses a write fails the call with 507 (full) or 503
-        (read-only) instead of 400, the model's fault."""
-        stored = self.store.get(spec.name, spec.version)
+    @contextlib.contextmanager
+    def _loading(self, spec: ModelSpec, stored: Row | None) -> Iterator[None]:
+        """A step of loading one version, called with the model's lock held:
+        its failure is recorded in the row and fails the call, with 507
+        (full) or 503 (read-only, unreachable) when the state store refused
+        a write, else 400 (the model's fault)."""
         try:
-            new = self._publish(spec, stored)
+            yield
         except (Exception, SystemExit) as e:  # a pickle may call exit()
             refused = self.store.refused(e)
             message = refused.message if refused else _describe(e)
             self._publish_failure(spec, stored or self._registered(spec), message)
             text = f"load failed for model {_label(spec.name, spec.version)}: {message}"
             raise (type(refused) if refused else LoadFailed)(text) from None
-        _event("load", spec.name, spec.version, f"generation {new.generation}")
-        return new
 
-    def _publish(self, spec: ModelSpec, stored: Row | None) -> Row:
-        """The copy comes before the row says LOADING, and a failure removes
-        the snapshot it began: a state folder too full for the copy leaves
-        the row as it was, and no half-written copy stays behind."""
+    def _prepare(self, spec: ModelSpec, stored: Row | None) -> "_Prepared":
+        """Copy one version's artifact to a snapshot, load and verify it
+        here, and, in a gunicorn worker, have the master stage its own copy
+        (app/master.py). The copy comes before the row says LOADING, and a
+        failure removes the snapshot it began: a state folder too full for
+        the copy leaves the row as it was, and no half-written copy stays."""
         if spec.error:
             raise LoadFailed(spec.error)
         assert spec.artifact is not None
@@ -503,15 +562,59 @@ class Registry:
             new = row.replace(state=READY, reason="", generation=generation,
                               snapshot=artifact.name, digest=digest, details=details,
                               fingerprint=mark)
-            self.store.put(new)
+            if self._shares_copies() and artifact.stat().st_size >= SHARED_FROM:
+                # It proved the artifact loads; the master's copy serves. Let
+                # it go first, so the host holds one new copy at a time.
+                cache.release(runtime)
+                runtime = None
+                cache.trim()
+                self.master.stage(new)
         except BaseException:
             self.snapshots.remove(spec.name, spec.version, generation)
             if runtime is not None:
                 runtime.unload()
             raise
-        self.cache.put((spec.name, spec.version), generation, runtime)
-        self.snapshots.discard(spec.name, spec.version, keep=generation)
+        return _Prepared(spec, stored, new, runtime)
+
+    def _commit(self, ready: "_Prepared") -> Row:
+        """Publish a prepared version: from now on every process serves it."""
+        new = ready.new
+        try:
+            self.store.put(new)
+        except BaseException:
+            self.snapshots.remove(new.name, new.version, new.generation)
+            if ready.runtime is not None:
+                ready.runtime.unload()
+            raise
+        if ready.runtime is not None:
+            self.cache.put((new.name, new.version), new.generation, ready.runtime)
+        self.snapshots.discard(new.name, new.version, keep=new.generation)
+        _event("load", new.name, new.version, f"generation {new.generation}")
         return new
+
+    def _shares_copies(self) -> bool:
+        """Whether this process is a gunicorn worker whose master holds the
+        copies the workers share (app/master.py)."""
+        return self.master is not None and self.master.in_worker()
+
+    def _replace_workers(self) -> None:
+        """Have the master replace every worker by a fork that shares its
+        staged copies. If it cannot, the workers build their own copies,
+        as they would without it: the load holds all the same."""
+        try:
+            self.master.replace_workers()
+        except DepotError as e:
+            log.warning("the workers were not replaced (%s); each builds its own copy",
+                        e.message)
+
+    def stage(self, row: Row) -> None:
+        """In the gunicorn master: build a row's copy from this host's
+        snapshot and keep it for its workers, before it is published."""
+        try:
+            runtime = self._build_copy(row)
+        except Refused as e:
+            raise LoadFailed(e.reason) from None
+        self.cache.stage((row.name, row.version), row.generation, runtime)
 
     def _publish_failure(self, spec: ModelSpec, row: Row, message: str) -> None:
         """Record why a load failed. When the state folder refuses even

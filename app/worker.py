@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 from datetime import datetime
+from typing import Callable
 
 import orjson
 from gunicorn import http, util
@@ -51,6 +52,9 @@ from .settings import Settings
 # at most, so one fast sender cannot keep the worker from the others.
 RECV_SIZE = 64 << 10
 READ_PER_TURN = 4 << 20
+#: seconds a stopping worker waits for the next request on an idle keep-alive
+#: connection before it says it is quiet (app/master.py replaces workers so)
+RETIRE_GRACE = 1.0
 # A connection the server ends is half-closed first, and what the client still
 # sends is read and dropped, up to this many seconds and bytes: closing with
 # unread bytes would make the kernel send a reset, which can destroy the last
@@ -273,6 +277,11 @@ class BufferedResponse(wsgi.Response):
 class KeepAliveWorker(base.Worker):
     """Serves HTTP/1.1 keep-alive connections one whole request at a time."""
 
+    #: called when the worker starts to stop, and once it takes hardly any
+    #: new request (gunicorn.conf.py sets them)
+    on_retiring: Callable[[], None] | None = None
+    on_quiet: Callable[[], None] | None = None
+
     @classmethod
     def check_config(cls, cfg, log) -> None:
         if cfg.is_ssl:
@@ -427,17 +436,32 @@ class KeepAliveWorker(base.Worker):
 
     def finish(self) -> None:
         """On the way out, answer every request already begun, each with
-        ``Connection: close``, within gunicorn's graceful timeout; idle
-        connections end at once."""
+        ``Connection: close``, within gunicorn's graceful timeout. An idle
+        keep-alive connection stays open for its next request, answered the
+        same way, so a client that sends on it is answered, never reset;
+        those still idle at the deadline are closed then. Once none has
+        been idle for :data:`RETIRE_GRACE` (or none is left), the worker
+        says it is quiet: it takes hardly any new request from then on."""
         self.alive = False
         self.set_accepting(False)
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        self.turn(0)
-        for conn in list(self.connections.values()):
-            if not (conn.lingering or conn.inbuf or conn.out or conn in self.waiting):
-                self.linger(conn)
-        while time.monotonic() < deadline and (self.background or any(
-                not c.lingering and (c.inbuf or c.out) for c in self.connections.values())):
+        if self.on_retiring is not None:
+            self.on_retiring()
+        now = time.monotonic()
+        deadline = now + self.cfg.graceful_timeout
+        grace = min(deadline, now + RETIRE_GRACE)
+        quiet = False
+        while True:
+            self.turn(0)
+            idle = [c for c in self.connections.values() if not (
+                c.lingering or c.inbuf or c.out or c in self.waiting or c in self.background)]
+            busy = self.background or any(not c.lingering and (c.inbuf or c.out)
+                                          for c in self.connections.values())
+            if not quiet and (not idle or time.monotonic() >= grace):
+                quiet = True
+                if self.on_quiet is not None:
+                    self.on_quiet()
+            if not (idle or busy) or time.monotonic() >= deadline:
+                break
             self.turn(0.05)
 
     def drain_pipe(self) -> None:
@@ -544,8 +568,10 @@ class KeepAliveWorker(base.Worker):
 
     def answered(self, conn: Connection, keep: bool) -> None:
         """Send the answer just made; then end the connection, or look for
-        its next request, which may be whole already (pipelined)."""
-        keep = keep and self.alive
+        its next request, which may be whole already (pipelined). ``keep``
+        is what the answer told the client: a worker told to stop while it
+        made a keep-alive answer keeps the connection for the next request
+        (:meth:`finish` answers it with ``Connection: close``)."""
         conn.idle_since = time.monotonic()
         if not keep:
             conn.closing = True

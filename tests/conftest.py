@@ -106,6 +106,18 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def pss_mb(self) -> float:
+        """Proportional set size of the whole process tree (its session),
+        from /proc/<pid>/smaps_rollup: shared pages count once in total."""
+        out = subprocess.run(["pgrep", "-s", str(self.proc.pid)], capture_output=True, text=True)
+        kib = 0
+        for pid in out.stdout.split():
+            with contextlib.suppress(OSError):
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                kib += sum(int(line.split()[1]) for line in rollup.splitlines()
+                           if line.startswith("Pss:"))
+        return kib / 1024
+
     def worker_pids(self) -> set[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return {int(p) for p in out.stdout.split()}

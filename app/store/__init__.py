@@ -113,6 +113,9 @@ class Store(Protocol):
         """Return once every live process of the deployment has applied this
         process's last write (or its lease has lapsed)."""
 
+    def close(self) -> None:
+        """This process stops: nothing is to wait for it any more."""
+
     def check_identity(self) -> None:
         """Raise :class:`~app.errors.StateUnavailable` unless the store is
         still the one this deployment opened."""

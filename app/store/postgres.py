@@ -319,12 +319,17 @@ class PostgresStore:
                 conn.close()
 
     def close(self) -> None:
-        """End this process's sessions; its listener stops within a heartbeat."""
+        """End this process's sessions, having taken it off the list of
+        processes a control call waits for; its listener stops within a
+        heartbeat."""
         proc = self._proc
-        self._proc = None
         if proc is None or proc.pid != os.getpid():
             return  # a parent's sessions: never close them from a child
         proc.stopping.set()
+        with contextlib.suppress(DepotError):
+            with self._session() as conn:
+                conn.execute("DELETE FROM acks WHERE process = %s", (self._process(proc),))
+        self._proc = None
         with proc.guard:
             self._drop(proc)
 

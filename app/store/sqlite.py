@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..forks import guarded
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
 from . import folder as state_folder
 from . import LOADING, READY, UNAVAILABLE, COLUMNS, MARKS, Row, key  # noqa: F401  (re-exported)
@@ -81,33 +82,40 @@ class SQLiteStore:
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or (
                 local.readonly and os.access(self.folder, os.W_OK)):
-            first = self._identity is None
-            if first:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            else:
-                self.check_identity()
-            readonly = not first and not os.access(self.folder, os.W_OK)
-            mode = "rwc" if first else "ro" if readonly else "rw"
-            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode={mode}", uri=True,
-                                   isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if first:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(SCHEMA)
-            with open(self.folder / "changes",
-                      "a+b" if first else "rb" if readonly else "r+b") as handle:
-                if os.fstat(handle.fileno()).st_size < 8:
-                    handle.write(bytes(8))
-                    handle.flush()
-                local.mark = mmap.mmap(handle.fileno(), 8, access=mmap.ACCESS_READ
-                                       if readonly else mmap.ACCESS_WRITE)
-            if first:
-                self._identity = self._identify()
-            else:
-                self.check_identity()  # not swapped while it was being opened
-            if getattr(local, "pid", None) == os.getpid():
-                local.conn.close()  # this thread's read-only one
-            local.conn, local.pid, local.readonly = conn, os.getpid(), readonly
+            return self._open()
+        return local.conn
+
+    @guarded
+    def _open(self) -> sqlite3.Connection:
+        """This thread's connection, made (see :meth:`_connect`)."""
+        local = self._local
+        first = self._identity is None
+        if first:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        else:
+            self.check_identity()
+        readonly = not first and not os.access(self.folder, os.W_OK)
+        mode = "rwc" if first else "ro" if readonly else "rw"
+        conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode={mode}", uri=True,
+                               isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if first:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+        with open(self.folder / "changes",
+                  "a+b" if first else "rb" if readonly else "r+b") as handle:
+            if os.fstat(handle.fileno()).st_size < 8:
+                handle.write(bytes(8))
+                handle.flush()
+            local.mark = mmap.mmap(handle.fileno(), 8, access=mmap.ACCESS_READ
+                                   if readonly else mmap.ACCESS_WRITE)
+        if first:
+            self._identity = self._identify()
+        else:
+            self.check_identity()  # not swapped while it was being opened
+        if getattr(local, "pid", None) == os.getpid():
+            local.conn.close()  # this thread's read-only one
+        local.conn, local.pid, local.readonly = conn, os.getpid(), readonly
         return local.conn
 
     def _identify(self) -> dict[Path, tuple[int, int]]:
@@ -155,6 +163,9 @@ class SQLiteStore:
             text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return state_folder.refusal(self.folder, errno_, text)
 
+    def close(self) -> None:
+        """Nothing to leave: no other process waits for this one."""
+
     def vouches(self) -> bool:
         """Always: every process of the host reads the same file."""
         return True
@@ -170,12 +181,14 @@ class SQLiteStore:
         self._connect()
         return int.from_bytes(self._local.mark[:8], "little")
 
+    @guarded
     def get(self, name: str, version: str) -> Row | None:
         found = self._connect().execute(
             f"SELECT {COLUMNS} FROM models WHERE name = ? AND version = ?",
             (name, version)).fetchone()
         return Row(*found) if found else None
 
+    @guarded
     def rows(self) -> list[Row]:
         return [Row(*r) for r in self._connect().execute(
             f"SELECT {COLUMNS} FROM models ORDER BY name, version")]
@@ -192,6 +205,7 @@ class SQLiteStore:
     def delete(self, name: str, version: str) -> None:
         self._write("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
 
+    @guarded
     def get_meta(self, key: str) -> str | None:
         found = self._connect().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return found[0] if found else None
@@ -208,6 +222,7 @@ class SQLiteStore:
         except sqlite3.Error:  # an older meta table
             return True
 
+    @guarded
     def reset(self) -> None:
         """Forget everything: a new deployment starts from the disk, with the
         tables of this version of Depot whatever an older one left behind."""
@@ -215,6 +230,7 @@ class SQLiteStore:
         conn.executescript("DROP TABLE IF EXISTS models; DROP TABLE IF EXISTS meta;" + SCHEMA)
         self._write("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_ID,))
 
+    @guarded
     def _write(self, sql: str, params: tuple) -> None:
         """One statement and the change counter in one transaction; every
         counter value is unique, and is mirrored only after its commit.

@@ -1,0 +1,217 @@
+"""The gunicorn master's part in a load: one copy of every model in memory.
+
+Every worker is a fork of the master, so what the master holds when it forks,
+each worker shares with it page by page (copy-on-write) instead of holding a
+copy of its own. Models loaded at start-up are held once that way; a model
+loaded later, in the worker that took the call, would be held once per
+worker. So a load on a host run by gunicorn goes like this:
+
+1. The worker that took the call loads and checks the new copy, as ever (so
+   a model that crashes or hangs takes down that worker, never the master),
+   then lets it go.
+2. It asks the master to *stage* that generation: the master loads the same
+   snapshot and keeps the copy aside, not yet served.
+3. It asks the master to *roll* the workers: as many fresh forks as there are
+   workers start, sharing the staged copy; once they serve, the old workers
+   are stopped the way gunicorn stops them (each answers what it has read,
+   waits :data:`~app.worker.RETIRE_GRACE` for the next request on each idle
+   keep-alive connection and answers it with ``Connection: close``, then
+   closes them without a reset). The roll returns when every old worker has
+   gone quiet that way.
+4. Only then does the worker publish the generation. The new workers serve the
+   staged copy at once, the old ones take no new requests, and the call
+   returns.
+
+The master's own sync thread keeps its copies in line with the store (an
+unload, a load on another host). When it had to build a copy itself (a load
+on another host), it rolls the workers too, so the copies they built meanwhile
+go with them.
+
+Workers reach the master through a Unix socket in the abstract namespace (no
+file to clean up), which answers only processes that are its workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import DepotError
+from .store import Row, key
+
+log = logging.getLogger("depot.master")
+
+#: seconds a roll waits for the fresh workers to serve, and for the old ones
+#: to go quiet, before it goes on regardless
+ROLL_WAIT = 60.0
+#: seconds a worker waits for the master to stage a copy or roll the workers
+CALL_TIMEOUT = 600.0
+#: the longest request or answer on the master's socket
+MAX_MESSAGE = 16 << 20
+
+
+class MasterRefused(DepotError):
+    """The master could not do what a worker asked (its reason says why)."""
+
+
+class Master:
+    """Made in the gunicorn master before it forks; every worker holds a
+    copy of this object and uses it to reach the master."""
+
+    def __init__(self, arbiter: Any, registry: Any, folder: Path) -> None:
+        self.arbiter = arbiter
+        self.registry = registry
+        self.pid = os.getpid()
+        self.address = f"\0depot-master-{self.pid}-{key(str(folder))}"
+        #: one file per worker: ``<pid>.ready`` once it serves, ``<pid>.quiet``
+        #: once it is stopping and takes no new requests
+        self.folder = folder
+        self._rolling = threading.Lock()
+        self._roll_began = 0.0
+
+    def in_worker(self) -> bool:
+        return os.getpid() != self.pid
+
+    # -- in the master ------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Listen for the workers, in a daemon thread of the master."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        listener.listen(64)
+
+        def accept() -> None:
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True,
+                                 name="depot-master-call").start()
+
+        threading.Thread(target=accept, name="depot-master", daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            pid, _, _ = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if pid not in self.arbiter.WORKERS:
+                log.warning("refused a call on the master's socket from pid %d, "
+                            "which is not one of its workers", pid)
+                return
+            request: dict[str, Any] = {}
+            try:
+                request = orjson.loads(_receive(conn))
+                if request["op"] == "stage":
+                    self.registry.stage(Row(**request["row"]))
+                elif request["op"] == "roll":
+                    self.roll()
+                else:
+                    raise ValueError(f"no operation {request['op']!r}")
+                reply: dict[str, Any] = {"ok": True}
+            except Exception as e:  # the worker answers the call with it
+                log.warning("the master could not %s: %s", request.get("op", "answer"), e)
+                reply = {"error": getattr(e, "message", None) or f"{type(e).__name__}: {e}"}
+            conn.sendall(orjson.dumps(reply) + b"\n")
+
+    def roll(self) -> None:
+        """Replace every worker by a fresh fork. A roll that began after this
+        call was made shares everything staged before it, so rolls asked for
+        at once are made once."""
+        asked = time.monotonic()
+        with self._rolling:
+            if self._roll_began > asked:
+                return
+            self._roll_began = time.monotonic()
+            self._replace_workers()
+
+    def roll_soon(self) -> None:
+        threading.Thread(target=self.roll, name="depot-roll", daemon=True).start()
+
+    def _replace_workers(self) -> None:
+        """Start a full set of fresh forks; once they serve, stop every
+        other worker (gunicorn stops the oldest beyond its worker count) and
+        wait until each has gone quiet or exited. Workers still stopping
+        from an earlier roll are among the old ones, never counted twice."""
+        arbiter = self.arbiter
+        old = set(arbiter.WORKERS)
+        if not old:
+            return
+        target = arbiter.num_workers
+        began = time.monotonic()
+        arbiter.num_workers = len(old) + target
+        arbiter.wakeup()
+        try:
+            self._wait("fresh workers to serve", lambda: sum(
+                self._flag(pid, "ready") for pid in list(arbiter.WORKERS) if pid not in old
+            ) >= target)
+        finally:
+            arbiter.num_workers = target
+            arbiter.wakeup()
+        self._wait("old workers to go quiet", lambda: all(
+            pid not in arbiter.WORKERS or self._flag(pid, "quiet") for pid in old))
+        log.info("replaced %d workers in %.2f s", target, time.monotonic() - began)
+
+    def _flag(self, pid: int, name: str) -> bool:
+        return (self.folder / f"{pid}.{name}").exists()
+
+    @staticmethod
+    def _wait(what: str, done: Any) -> None:
+        deadline = time.monotonic() + ROLL_WAIT
+        while not done():
+            if time.monotonic() > deadline:
+                log.warning("gave up waiting for %s after %g s", what, ROLL_WAIT)
+                return
+            time.sleep(0.02)
+
+    def worker_gone(self, pid: int) -> None:
+        for name in ("ready", "quiet"):
+            (self.folder / f"{pid}.{name}").unlink(missing_ok=True)
+
+    # -- in a worker --------------------------------------------------------------
+
+    def worker_ready(self) -> None:
+        (self.folder / f"{os.getpid()}.ready").touch()
+
+    def worker_quiet(self) -> None:
+        (self.folder / f"{os.getpid()}.quiet").touch()
+
+    def stage(self, row: Row) -> None:
+        """Have the master load ``row``'s copy from this host's snapshot."""
+        self._call({"op": "stage", "row": dataclasses.asdict(row)})
+
+    def replace_workers(self) -> None:
+        self._call({"op": "roll"})
+
+    def _call(self, request: dict[str, Any]) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(CALL_TIMEOUT)
+                conn.connect(self.address)
+                conn.sendall(orjson.dumps(request) + b"\n")
+                reply = orjson.loads(_receive(conn))
+        except (OSError, ValueError) as e:
+            raise MasterRefused(f"the server's master did not answer: {e}") from None
+        if "error" in reply:
+            raise MasterRefused(reply["error"])
+
+
+def _receive(conn: socket.socket) -> bytes:
+    """One newline-terminated message."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the other side closed the connection")
+        data += chunk
+        if len(data) > MAX_MESSAGE:
+            raise ValueError("message too long")
+    return bytes(data)
