@@ -83,6 +83,9 @@ def when_ready(server):
     # fresh workers that replace the old ones (app/master.py); its own sync
     # thread keeps its copies in line with the shared state.
     registry.master = Master(server, registry, registry.settings.state_dir / "workers")
+    from app import cache
+
+    cache.trim(force=True)  # the workers share no free pages the master will write to
     registry.master.serve()
     registry.start_sync()
     if registry.settings.metrics_port:

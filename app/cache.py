@@ -184,14 +184,16 @@ def release(runtime: runtimes.Runtime) -> None:
 _trim_due = False
 
 
-def trim() -> None:
+def trim(force: bool = False) -> None:
     """Give the memory of the copies let go since the last call back to the
     system. glibc keeps freed memory for reuse, and once a large block has
     been freed it takes later large blocks from the heap, where freeing does
     not return them: a replaced copy would stay in every process, private to
     each. ``malloc_trim`` returns every free page. Called where no reference
-    to a released copy is left (the registry's sync, between passes)."""
+    to a released copy is left (the registry's sync, between passes), and
+    (``force``) in the master before it forks: free pages a fork inherits
+    would be copied, not shared, once the master writes to them again."""
     global _trim_due
-    if _trim_due and _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+    if (_trim_due or force) and _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _trim_due = False
         _LIBC.malloc_trim(0)

@@ -11,13 +11,12 @@ worker. So a load on a host run by gunicorn goes like this:
    then lets it go.
 2. It asks the master to *stage* that generation: the master loads the same
    snapshot and keeps the copy aside, not yet served.
-3. It asks the master to *roll* the workers: as many fresh forks as there are
-   workers start, sharing the staged copy; once they serve, the old workers
-   are stopped the way gunicorn stops them (each answers what it has read,
-   waits :data:`~app.worker.RETIRE_GRACE` for the next request on each idle
-   keep-alive connection and answers it with ``Connection: close``, then
-   closes them without a reset). The roll returns when every old worker has
-   gone quiet that way.
+3. It asks the master to *roll* the workers, a quarter at a time: fresh
+   forks start, sharing the staged copy; once they serve, as many old
+   workers are stopped the way gunicorn stops them (each answers what it has
+   read, and answers the next request on each idle keep-alive connection
+   with ``Connection: close``: a client is answered, never reset). The roll
+   returns when every old worker has gone quiet that way.
 4. Only then does the worker publish the generation. The new workers serve the
    staged copy at once, the old ones take no new requests, and the call
    returns.
@@ -45,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from . import cache
 from .errors import DepotError
 from .store import Row, key
 
@@ -137,28 +137,35 @@ class Master:
         threading.Thread(target=self.roll, name="depot-roll", daemon=True).start()
 
     def _replace_workers(self) -> None:
-        """Start a full set of fresh forks; once they serve, stop every
-        other worker (gunicorn stops the oldest beyond its worker count) and
-        wait until each has gone quiet or exited. Workers still stopping
-        from an earlier roll are among the old ones, never counted twice."""
+        """Replace the workers a quarter at a time (at least one), oldest
+        first: start that many fresh forks; once they serve, gunicorn stops
+        as many of the oldest (it stops the oldest beyond its worker count),
+        and the next round waits until those have gone quiet. Capacity never
+        drops, and at most a quarter more processes than usual exist at once
+        (each fresh one costs some memory of its own until the old one goes)."""
         arbiter = self.arbiter
-        old = set(arbiter.WORKERS)
+        old = sorted(arbiter.WORKERS, key=lambda pid: arbiter.WORKERS[pid].age)
         if not old:
             return
         target = arbiter.num_workers
+        batch = max(1, -(-target // 4))
         began = time.monotonic()
-        arbiter.num_workers = len(old) + target
-        arbiter.wakeup()
-        try:
-            self._wait("fresh workers to serve", lambda: sum(
-                self._flag(pid, "ready") for pid in list(arbiter.WORKERS) if pid not in old
-            ) >= target)
-        finally:
-            arbiter.num_workers = target
+        cache.trim(force=True)
+        for first in range(0, len(old), batch):
+            stopping = old[first:first + batch]
+            before = set(arbiter.WORKERS)
+            arbiter.num_workers = len(before) + len(stopping)
             arbiter.wakeup()
-        self._wait("old workers to go quiet", lambda: all(
-            pid not in arbiter.WORKERS or self._flag(pid, "quiet") for pid in old))
-        log.info("replaced %d workers in %.2f s", target, time.monotonic() - began)
+            try:
+                self._wait("fresh workers to serve", lambda: sum(
+                    self._flag(pid, "ready") for pid in list(arbiter.WORKERS)
+                    if pid not in before) >= len(stopping))
+            finally:
+                arbiter.num_workers = target
+                arbiter.wakeup()
+            self._wait("old workers to go quiet", lambda: all(
+                pid not in arbiter.WORKERS or self._flag(pid, "quiet") for pid in stopping))
+        log.info("replaced %d workers in %.2f s", len(old), time.monotonic() - began)
 
     def _flag(self, pid: int, name: str) -> bool:
         return (self.folder / f"{pid}.{name}").exists()

@@ -164,7 +164,8 @@ def measure_depot(tree: Path, label: str, home: Path, forest: Path, workers: int
             reloads.append(post(f"/v2/repository/models/{FOREST}/load")[1])
         found["reload s"] = statistics.median(reloads)
         found["after 3 reloads"] = steady(proc.pid)
-        one = found["preloaded"] - empty
+        found["no forest"] = empty
+        one = found["after hot load"] - empty
         found["peak copies"] = (peak - empty) / one if one > 0 else None
         found["p99 ms, no reload"] = traffic_p99(lambda: time.sleep(2))
     finally:
@@ -200,14 +201,16 @@ def baseline_tree(home: Path, ref: str) -> Path:
 
 def report(results: dict, mlserver: dict) -> str:
     lines = ["| design | workers | preloaded MB | after a hot load MB (x preload) | after 3 reloads "
-             "MB (x preload) | peak during the hot load, copies | hot load s | reload s | "
-             "p99 ms during a reload (without) |", "|---|---|---|---|---|---|---|---|---|"]
+             "MB (x preload) | no forest MB | peak during the hot load MB (copies above no forest) "
+             "| hot load s | reload s | p99 ms during a reload (without) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (label, workers), r in results.items():
         pre = r["preloaded"]
         lines.append(
             f"| {label} | {workers} | {pre:.0f} | {r['after hot load']:.0f} "
             f"({r['after hot load'] / pre:.2f}) | {r['after 3 reloads']:.0f} "
-            f"({r['after 3 reloads'] / pre:.2f}) | {r['peak copies'] or 0:.2f} | "
+            f"({r['after 3 reloads'] / pre:.2f}) | {r['no forest']:.0f} | "
+            f"{r['peak']:.0f} ({r['peak copies'] or 0:.2f}) | "
             f"{r['hot load s']:.2f} | {r['reload s']:.2f} | {r['p99 ms during a reload']:.1f} "
             f"({r['p99 ms, no reload']:.1f}) |")
     if mlserver:
