@@ -61,6 +61,7 @@ def ready() -> Response:
 
 
 @bp.get("/v2")
+@bp.get("/v2/")  # as the Open Inference Protocol's REST spec writes it
 def server_metadata() -> Response:
     return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
                           "extensions": EXTENSIONS,
@@ -80,6 +81,32 @@ def model_metadata(name: str, version: str | None = None) -> Response:
         "inputs": details.get("inputs") or [],
         "outputs": details.get("outputs") or [],
     })
+
+
+@model_route("/config")
+def model_config(name: str, version: str | None = None) -> Response:
+    """Triton's model configuration, for ``tritonclient``'s
+    ``get_model_config`` and the tools built on it, made from the same
+    metadata. Depot batches nothing itself (``max_batch_size`` 0), so every
+    ``dims`` is the whole shape, the batch dimension (-1) included."""
+    row = registry().row(name, version)
+    details = orjson.loads(row.details)
+    return json_response({
+        "name": row.name,
+        "platform": row.runtime or "",
+        "backend": row.runtime or "",
+        "max_batch_size": 0,
+        "input": [triton_tensor(t) for t in details.get("inputs") or []],
+        "output": [triton_tensor(t) for t in details.get("outputs") or []],
+    })
+
+
+def triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
+    """A V2 tensor's metadata as a Triton configuration writes it."""
+    datatype = tensor.get("datatype", "")
+    return {"name": tensor.get("name", ""),
+            "data_type": "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}",
+            "dims": list(tensor.get("shape") or [])}
 
 
 @model_route("/ready")

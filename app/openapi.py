@@ -70,6 +70,18 @@ SCHEMAS: dict[str, Any] = {
                        "id": {"type": "string"}, "parameters": {"type": "object"},
                        "outputs": {"type": "array", "items": _tensor(False)}},
     },
+    "ModelConfig": {
+        "type": "object", "required": ["name", "platform", "max_batch_size", "input", "output"],
+        "properties": {"name": {"type": "string"}, "platform": {"type": "string"},
+                       "backend": {"type": "string"}, "max_batch_size": {"type": "integer"},
+                       "input": {"type": "array", "items": _ref("TensorConfig")},
+                       "output": {"type": "array", "items": _ref("TensorConfig")}},
+    },
+    "TensorConfig": {
+        "type": "object", "required": ["name", "data_type", "dims"],
+        "properties": {"name": {"type": "string"}, "data_type": {"type": "string"},
+                       "dims": {"type": "array", "items": {"type": "integer"}}},
+    },
     "IndexRequest": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
     "IndexEntry": {
         "type": "object", "required": ["name", "state", "reason"],
@@ -140,6 +152,7 @@ ROUTES: dict[str, dict] = {
     "/v2/health/ready": _operation("get", "Start-up loading is done and the state folder "
                                    "takes writes", "Ready", "503"),
     "/v2": _operation("get", "Server metadata and extensions", "ServerMetadata"),
+    "/v2/": _operation("get", "Server metadata and extensions", "ServerMetadata"),
     "/v2/models/stats": _operation("get", "Statistics of every model", "Statistics"),
     "/metrics": _operation("get", "Prometheus metrics, summed over workers", None,
                            content="text/plain"),
@@ -156,6 +169,7 @@ ROUTES: dict[str, dict] = {
 MODEL_ROUTES: dict[str, dict] = {
     "": _operation("get", "Model metadata", "ModelMetadata", "404"),
     "/ready": _operation("get", "The model is ready on this server", "ModelReady", "400", "404"),
+    "/config": _operation("get", "Triton's model configuration", "ModelConfig", "404"),
     "/infer": _operation("post", "Inference (JSON, or binary tensors after the JSON header)",
                          "InferenceResponse", "400", "404", "413", "415",
                          body="InferenceRequest"),

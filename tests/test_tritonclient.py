@@ -41,6 +41,27 @@ def test_model_metadata(client):
     assert meta["inputs"][0]["shape"] == [-1, 64]
 
 
+def test_model_config(client):
+    """get_model_config (and the tools built on it) reads Triton's
+    configuration, made from the same metadata."""
+    meta = client.get_model_metadata("mnist-svm")
+    config = client.get_model_config("mnist-svm")
+    assert config["name"] == "mnist-svm" and config["max_batch_size"] == 0
+    assert config["platform"] == meta["platform"] == "sklearn"
+    for ours, theirs in (("input", "inputs"), ("output", "outputs")):
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config[ours]] == [
+            (t["name"], f"TYPE_{t['datatype']}", t["shape"]) for t in meta[theirs]]
+    assert config["input"][0] == {"name": "input-0", "data_type": "TYPE_FP32", "dims": [-1, 64]}
+    assert config["output"][0]["data_type"] == "TYPE_INT64"
+    assert client.get_model_config("mnist-svm", model_version="v0.1.0") == config
+    with pytest.raises(InferenceServerException, match="not found"):
+        client.get_model_config("nope")
+
+
+def test_v2_with_a_trailing_slash_is_the_server_metadata(server):
+    assert server.get("/v2/").json() == server.get("/v2").json()
+
+
 def _input(x: np.ndarray) -> httpclient.InferInput:
     inp = httpclient.InferInput("input-0", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=False)

@@ -1,9 +1,13 @@
 """The seed walkthrough of the Model Repository extension, step by step."""
 from __future__ import annotations
 
-import pytest
+import shlex
 
-from conftest import output, v2_body
+import orjson
+import pytest
+import requests
+
+from conftest import ROOT, output, v2_body
 
 XGB = "mushroom-xgboost"
 
@@ -35,6 +39,36 @@ def test_seed_walkthrough(server, mushrooms, mushroom_model):
     assert set(server.index(ready=True)) == {"mnist-svm", XGB}
     got = output(server.infer(XGB, v2_body(mushrooms)))
     assert got.ravel().tolist() == mushroom_model.predict(mushrooms).tolist()
+
+
+def test_the_readme_walkthrough_runs_as_written(server):
+    """Every curl line of the README's walkthrough, sent as written (its
+    -d body or @file), in order: each is answered, and the error shown
+    after the unload is the one the server sends."""
+    block = (ROOT / "README.md").read_text().split("## The walkthrough", 1)[1].split("```")[1]
+    lines = block.replace("\\\n", " ").splitlines()
+    seen = []
+    try:
+        for i, line in enumerate(lines):
+            if not line.startswith("curl"):
+                continue
+            words = shlex.split(line)
+            url = next(w for w in words if w.startswith("localhost:8080"))
+            body = words[words.index("-d") + 1] if "-d" in words else ""
+            if body.startswith("@"):
+                body = (ROOT / body[1:]).read_text()
+            r = requests.post(server.url + url.removeprefix("localhost:8080"), data=body,
+                              timeout=30)
+            shown = lines[i + 1] if i + 1 < len(lines) else ""
+            seen.append((r.status_code, r.text, shown))
+    finally:
+        server.post(f"/v2/repository/models/{XGB}/load")
+    refused = [(code, text, shown) for code, text, shown in seen if code == 400]
+    assert len(refused) == 1, seen
+    code, text, shown = refused[0]
+    assert shown == f"# 400 {text}", (shown, text)
+    assert [code for code, _, _ in seen] == [200, 200, 200, 400, 200, 200]
+    assert orjson.loads(seen[-1][1])["outputs"][0]["data"] == [0]
 
 
 @pytest.mark.parametrize("path", ["/v2/repository/index",
