@@ -53,13 +53,17 @@ def _registry(server):
 
 
 def on_starting(server):
-    """Depot's own log lines go where gunicorn's error log goes."""
+    """Depot's own log lines, and Python's warnings, go where gunicorn's
+    error log goes: every line on stderr is JSON."""
     import logging
 
-    depot = logging.getLogger("depot")
-    depot.handlers = list(server.log.error_log.handlers)
-    depot.setLevel(server.log.error_log.level)
-    depot.propagate = False
+    # Python warnings (a library's, outside a model's load) are log lines too.
+    logging.captureWarnings(True)
+    for name in ("depot", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers = list(server.log.error_log.handlers)
+        logger.setLevel(server.log.error_log.level)
+        logger.propagate = False
     server.log.error_log.propagate = False
 
 

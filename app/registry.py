@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -340,10 +341,12 @@ class Registry:
                 return  # removed since the scan: forget() will follow (a broken link stays)
             row = self.store.get(spec.name, spec.version)
             mark = repository.fingerprint(spec)
+            duplicate = bool(spec.error and spec.error.startswith(repository.DUPLICATE))
+            level = logging.WARNING if duplicate else logging.INFO
             if row is None:
                 new = self._registered(spec).replace(fingerprint=mark)
                 self.store.put(new)
-                _event("register", spec.name, spec.version, new.reason)
+                _event("register", spec.name, spec.version, new.reason, level)
             elif row.state == READY:
                 reason = "" if mark == row.fingerprint else CHANGED_ON_DISK
                 if reason and row.reason.startswith(RELOAD_FAILED):
@@ -362,7 +365,7 @@ class Registry:
                     reason = CHANGED_ON_DISK
                 self.store.put(self._registered(spec, row).replace(
                     reason=reason, fingerprint=mark, details=self._details(spec)))
-                _event("change", spec.name, spec.version, reason)
+                _event("change", spec.name, spec.version, reason, level)
 
     def forget(self, name: str, version: str) -> None:
         """A model version gone from the disk leaves the index; every worker
@@ -497,7 +500,8 @@ class Registry:
         (made first from the models folder when the host has none: the load
         happened on another host, or this one lost its copy)."""
         try:
-            runtime = self._build(row.runtime, self._snapshot(row), row.details)
+            runtime = self._build((row.name, row.version), row.runtime, self._snapshot(row),
+                                  row.details)
             _event("copy", row.name, row.version,
                    f"generation {row.generation} loaded by process {os.getpid()}")
             return runtime
@@ -552,7 +556,7 @@ class Registry:
             if row.state != READY:
                 self.store.put(row.replace(state=LOADING, reason="loading"))
             details = self._details(spec)
-            runtime = self._build(spec.runtime, artifact, details)
+            runtime = self._build((spec.name, spec.version), spec.runtime, artifact, details)
             if not spec.inputs or not spec.outputs:
                 declared = orjson.loads(details)
                 found = runtime.metadata()
@@ -633,12 +637,23 @@ class Registry:
                         _label(spec.name, spec.version), e.message)
         _event("fail", spec.name, spec.version, message, logging.WARNING)
 
-    def _build(self, runtime_name: str | None, artifact: Path, details: str) -> runtimes.Runtime:
+    def _build(self, key_: Key, runtime_name: str | None, artifact: Path,
+               details: str) -> runtimes.Runtime:
+        """Load a runtime. What its library warns about while loading (an
+        artifact saved by another version, an old format) is logged as a
+        ``warning`` event of that model, one JSON line like every other."""
         cls = runtimes.by_name(runtime_name or "")
         if cls is None:
             raise LoadFailed(f"no runtime named {runtime_name!r}")
         runtime = cls(artifact, orjson.loads(details).get("parameters") or {})
-        runtime.load()
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            try:
+                runtime.load()
+            finally:
+                for warning in said:
+                    _event("warning", key_[0], key_[1], f"{warning.category.__name__}: "
+                           f"{str(warning.message).strip()}", logging.WARNING)
         return runtime
 
     # -- helpers ------------------------------------------------------------

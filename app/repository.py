@@ -49,6 +49,10 @@ class ModelSpec:
     error: str | None = None
 
 
+#: the start of the error of a model version that several folders declare
+DUPLICATE = "declared more than once in the repository, by"
+
+
 def ignored(name: str) -> bool:
     """Hidden, temporary and editor files are never models."""
     return name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or name in IGNORED_NAMES
@@ -64,15 +68,24 @@ def scan(root: Path, exclude: Path | None = None, *,
     """Every model version under ``root``, at most one per (name, version);
     ``exclude`` (Depot's own state folder, should it live there) is never a
     model."""
-    specs: dict[tuple[str, str], ModelSpec] = {}
+    found: dict[tuple[str, str], list[ModelSpec]] = {}
     if not root.is_dir():
         return []
     for entry in sorted(root.iterdir()):
         if exclude is not None and entry == exclude:
             continue
         for spec in describe(entry, follow_symlinks=follow_symlinks):
-            specs.setdefault((spec.name, spec.version), spec)
-    return list(specs.values())
+            found.setdefault((spec.name, spec.version), []).append(spec)
+    return [_one_of(group, root) for group in found.values()]
+
+
+def _one_of(group: list[ModelSpec], root: Path) -> ModelSpec:
+    """The one spec of a (name, version). Several places declaring it is an
+    error that names them all: serving one of them would be a guess."""
+    if len(group) == 1:
+        return group[0]
+    where = ", ".join(str(spec.source.relative_to(root)) for spec in group)
+    return replace(group[0], error=f"{DUPLICATE} {where}; keep one of them")
 
 
 def find(root: Path, name: str, exclude: Path | None = None, *,

@@ -7,15 +7,18 @@ import pickle
 import signal
 import socket
 import time
+import warnings
 
+import joblib
 import jsonschema
 import orjson
 import pytest
 import requests
+from sklearn.dummy import DummyClassifier
 
 from app import create_app, openapi
 from app.settings import Settings
-from conftest import MODELS, output, spread, v2_body, wait_until
+from conftest import MODELS, output, run_server, spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
 
@@ -121,6 +124,33 @@ def test_log_lines_are_json(make_server, digits):
                 ("unload", "mnist-svm")} <= events
         unload = next(l for l in lines() if l.get("event") == "unload")
         assert unload["reason"] == "unloaded" and unload["level"] == "info"
+
+
+class _WarnsWhenLoaded:
+    """Unpickles by calling warnings.warn, as a library does for an
+    artifact saved by another version of it."""
+
+    def __reduce__(self):
+        return (warnings.warn, ("this artifact was saved by another version",))
+
+
+def test_a_librarys_warnings_while_loading_are_json_events(tmp_path, digits):
+    (tmp_path / "models" / "noted").mkdir(parents=True)
+    model = DummyClassifier(strategy="most_frequent").fit(digits[:10], [3] * 10)
+    model.__dict__["saved_by"] = _WarnsWhenLoaded()
+    joblib.dump(model, tmp_path / "models" / "noted" / "model.joblib")
+    with run_server(tmp_path, workers=2, models=None) as server:
+        assert server.infer("noted", v2_body(digits[:1])).status_code == 200
+        assert server.post("/v2/repository/models/noted/load").status_code == 200
+        text = server.log.read_text()
+        assert all(line.startswith("{") for line in text.splitlines() if line.strip()), \
+            [line for line in text.splitlines() if not line.startswith("{")][:3]
+        warned = [orjson.loads(line) for line in text.splitlines()
+                  if '"event":"warning"' in line]
+        assert len(warned) >= 2  # at start-up and at the load
+        assert {w["model"] for w in warned} == {"noted"}
+        assert warned[0]["reason"] == "UserWarning: this artifact was saved by another version"
+        assert warned[0]["level"] == "warning"
 
 
 def test_log_level_and_access_log_settings(make_server, digits):

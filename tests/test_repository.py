@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from app import repository
-from conftest import MODELS, output, v2_body
+from conftest import MODELS, output, v2_body, wait_until
 
 
 def test_bundled_models(tmp_path):
@@ -168,3 +168,37 @@ def test_a_symlink_out_of_the_folder_is_refused_by_the_server(make_server, tmp_p
         assert server.post("/v2/repository/models/digits/load").status_code == 200
         got = output(server.infer("digits", v2_body(digits[:5])))
         assert got.ravel().tolist() == mnist_model.predict(digits[:5]).tolist()
+
+
+def _twin(folder, name: str, version: str) -> None:
+    shutil.copytree(MODELS / "mnist-svm", folder, ignore=shutil.ignore_patterns("*.py"))
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": version}}))
+
+
+def test_two_folders_declaring_one_model_name_both(tmp_path):
+    _twin(tmp_path / "a-copy", "twin", "v1")
+    _twin(tmp_path / "b-copy", "twin", "v1")
+    _twin(tmp_path / "c-other", "twin", "v2")
+    specs = {(s.name, s.version): s for s in repository.scan(tmp_path)}
+    assert set(specs) == {("twin", "v1"), ("twin", "v2")}
+    assert specs[("twin", "v1")].error == (f"{repository.DUPLICATE} a-copy, b-copy; "
+                                           "keep one of them")
+    assert specs[("twin", "v2")].error is None
+
+
+def test_a_model_declared_twice_is_listed_once_with_why_and_a_warning(make_server, tmp_path):
+    with make_server(workers=2, models=None) as server:
+        for folder in ("a-copy", "b-copy"):
+            _twin(server.models / folder, "twin", "v1")
+        entry = wait_until(lambda: server.index().get("twin"), timeout=20)
+        entries = server.post("/v2/repository/index", json={}).json()
+        assert [e["name"] for e in entries].count("twin") == 1
+        assert entry["state"] == "UNAVAILABLE" and "a-copy, b-copy" in entry["reason"]
+        r = server.post("/v2/repository/models/twin/load")
+        assert r.status_code == 400 and "a-copy, b-copy" in r.json()["error"], r.text
+        lines = [json.loads(line) for line in server.log.read_text().splitlines()
+                 if line.startswith("{")]
+        assert any(l.get("model") == "twin" and l.get("event") in ("register", "change")
+                   and l["level"] == "warning" and "a-copy, b-copy" in l["reason"] for l in lines)
