@@ -26,6 +26,13 @@ from typing import Any
 import runtimes
 
 SETTINGS_FILE = "model-settings.json"
+#: MLServer's server settings, at the top of an ``mlserver start .`` project:
+#: never a model; ``model_repository_root`` and ``load_models_at_startup``
+#: are honoured (app/settings.py), every other field is ignored
+SERVER_SETTINGS = "settings.json"
+#: how deep below a folder with no model of its own model-settings.json
+#: files are looked for, as MLServer looks for them
+SETTINGS_DEPTH = 4
 WELL_KNOWN = ("model.joblib", "model.pkl", "model.pickle", "model.json", "model.ubj", "model.bst")
 IGNORED_SUFFIXES = (".swp", ".swx", ".tmp", ".part", "~")
 IGNORED_NAMES = {"4913"}
@@ -72,7 +79,7 @@ def scan(root: Path, exclude: Path | None = None, *,
     if not root.is_dir():
         return []
     for entry in sorted(root.iterdir()):
-        if exclude is not None and entry == exclude:
+        if exclude is not None and entry == exclude or entry.name == SERVER_SETTINGS:
             continue
         for spec in describe(entry, follow_symlinks=follow_symlinks):
             found.setdefault((spec.name, spec.version), []).append(spec)
@@ -182,7 +189,35 @@ def _describe(entry: Path) -> list[ModelSpec]:
     if has_settings:
         return [_from_settings(entry)]
     artifact = _artifact_in(entry)
-    return [_from_artifact(entry.name, entry, artifact)] if artifact else []
+    if artifact:
+        return [_from_artifact(entry.name, entry, artifact)]
+    return [spec for folder in _settings_below(entry) for spec in _describe(folder)]
+
+
+def _settings_below(folder: Path, depth: int = SETTINGS_DEPTH) -> list[Path]:
+    """The folders below ``folder`` that hold a model-settings.json, each
+    once (not below one that does), as MLServer finds them in a project."""
+    found: list[Path] = []
+    if depth <= 0:
+        return found
+    for child in sorted(folder.iterdir()):
+        if child.is_symlink() or not child.is_dir() or ignored(child.name):
+            continue
+        if (child / SETTINGS_FILE).is_file():
+            found.append(child)
+        else:
+            found.extend(_settings_below(child, depth - 1))
+    return found
+
+
+def server_settings(root: Path) -> dict[str, Any]:
+    """The MLServer server settings at the top of ``root`` ({} if none or
+    unreadable: a bad one is MLServer's business, not a reason to stop)."""
+    try:
+        found = json.loads((root / SERVER_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _version(base: ModelSpec, folder: Path) -> ModelSpec:

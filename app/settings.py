@@ -156,6 +156,10 @@ class Settings:
                 raise SettingsError(f"{name}: {e}") from None
 
         models = Path(env.get("DEPOT_MODELS") or "models").resolve()
+        mlserver = _mlserver_settings(models)
+        if isinstance(mlserver.get("model_repository_root"), str):
+            models = (models / mlserver["model_repository_root"]).resolve()
+        load_default = mlserver.get("load_models_at_startup", True)
         state_url = read("DEPOT_STATE_URL", parse_state_url, None)
         state_dir = read("DEPOT_STATE_DIR", lambda v: Path(v).resolve(),
                          default_state_dir(models))
@@ -167,7 +171,8 @@ class Settings:
             state_url=state_url,
             lease_seconds=read("DEPOT_LEASE_SECONDS", lambda v: _number(
                 v, float, "seconds, at least 2", lambda x: 2 <= x < float("inf")), 10.0),
-            load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool, True),
+            load_at_startup=read("DEPOT_LOAD_AT_STARTUP", parse_bool,
+                                 load_default if isinstance(load_default, bool) else True),
             api_key=env.get("DEPOT_API_KEY") or None,
             max_body_bytes=read("DEPOT_MAX_BODY_BYTES", parse_size, 64 << 20),
             header_timeout=read("DEPOT_HEADER_TIMEOUT", parse_seconds, 10.0),
@@ -182,3 +187,12 @@ class Settings:
             metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),
             follow_symlinks=read("DEPOT_FOLLOW_SYMLINKS", parse_bool, False),
         )
+
+
+def _mlserver_settings(models: Path) -> dict:
+    """An ``mlserver start .`` project's settings.json, read where Depot is
+    pointed (DEPOT_MODELS): its model_repository_root and
+    load_models_at_startup apply unless a DEPOT_ variable says otherwise."""
+    from .repository import server_settings
+
+    return server_settings(models)

@@ -202,3 +202,43 @@ def test_a_model_declared_twice_is_listed_once_with_why_and_a_warning(make_serve
                  if line.startswith("{")]
         assert any(l.get("model") == "twin" and l.get("event") in ("register", "change")
                    and l["level"] == "warning" and "a-copy, b-copy" in l["reason"] for l in lines)
+
+
+def _mlserver_project(root, **server_settings) -> None:
+    """The layout of `mlserver start .`: settings.json beside ./models/<name>/."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.json").write_text(json.dumps({"debug": True, **server_settings}))
+    for name in ("mnist-svm", "mushroom-xgboost"):
+        shutil.copytree(MODELS / name, root / "models" / name)
+
+
+def test_an_mlserver_project_root_finds_its_models_and_is_no_model(tmp_path):
+    _mlserver_project(tmp_path)
+    specs = repository.scan(tmp_path)
+    assert sorted((s.name, s.source.relative_to(tmp_path).as_posix(), s.error) for s in specs) == [
+        ("mnist-svm", "models/mnist-svm", None),
+        ("mushroom-xgboost", "models/mushroom-xgboost", None)]
+
+
+def test_the_projects_settings_json_is_honoured(tmp_path):
+    from app.settings import Settings
+
+    _mlserver_project(tmp_path / "a", load_models_at_startup=False)
+    settings = Settings.from_env({"DEPOT_MODELS": str(tmp_path / "a")})
+    assert settings.load_at_startup is False
+    assert Settings.from_env({"DEPOT_MODELS": str(tmp_path / "a"),
+                              "DEPOT_LOAD_AT_STARTUP": "true"}).load_at_startup is True
+    _mlserver_project(tmp_path / "b", model_repository_root="./models")
+    assert Settings.from_env({"DEPOT_MODELS": str(tmp_path / "b")}).models == \
+        (tmp_path / "b" / "models").resolve()
+
+
+def test_a_server_started_on_an_mlserver_project(make_server, tmp_path, digits, mnist_model):
+    _mlserver_project(tmp_path / "models", load_models_at_startup=False)
+    with make_server(workers=2, models=None) as server:
+        index = server.index()
+        assert set(index) == {"mnist-svm", "mushroom-xgboost"}  # settings.json is no model
+        assert {e["state"] for e in index.values()} == {"UNAVAILABLE"}
+        assert server.post("/v2/repository/models/mnist-svm/load").status_code == 200
+        got = output(server.infer("mnist-svm", v2_body(digits[:3])))
+        assert got.ravel().tolist() == mnist_model.predict(digits[:3]).tolist()
