@@ -154,7 +154,10 @@ class Master:
         for first in range(0, len(old), batch):
             stopping = old[first:first + batch]
             before = set(arbiter.WORKERS)
-            arbiter.num_workers = len(before) + len(stopping)
+            # more than the worker count by as many as stop, even while some
+            # are still starting (or replace one that crashed): then gunicorn
+            # stops exactly those, the oldest, when the count comes back
+            arbiter.num_workers = max(target, len(before)) + len(stopping)
             arbiter.wakeup()
             try:
                 self._wait("fresh workers to serve", lambda: sum(
