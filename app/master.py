@@ -31,10 +31,12 @@ file to clean up), which answers only processes that are its workers.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import socket
 import struct
 import threading
@@ -164,6 +166,11 @@ class Master:
                     self._flag(pid, "ready") for pid in list(arbiter.WORKERS)
                     if pid not in before) >= len(stopping))
             finally:
+                # Stopped by name: while workers are still starting, the
+                # count alone may not reach past gunicorn's worker count.
+                for pid in stopping:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
                 arbiter.num_workers = target
                 arbiter.wakeup()
             self._wait("old workers to go quiet", lambda: all(
