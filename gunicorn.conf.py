@@ -5,8 +5,10 @@ GUNICORN_CMD_ARGS (``--bind``, ``--workers``, ...). Depot's own settings are
 DEPOT_* variables, read by app/settings.py.
 """
 import gc
+import logging
 import os
 import shutil
+import sys
 
 from app.settings import Settings
 
@@ -117,8 +119,19 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """A worker that stops leaves the shared state's list of live processes
-    (with PostgreSQL, a control call would otherwise wait for it)."""
-    _registry(worker).store.close()
+    (with PostgreSQL, a control call would otherwise wait for it). Then it
+    ends at once, with gunicorn's exit code: the interpreter's teardown
+    would touch every object the worker shares with the master, copying
+    those pages, tens of MB for each worker a roll replaces (app/master.py)."""
+    try:
+        _registry(worker).store.close()
+    finally:
+        error = sys.exc_info()[1]
+        code = (error.code or 0) if isinstance(error, SystemExit) else 1
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
 
 
 def post_fork(server, worker):

@@ -55,6 +55,9 @@ log = logging.getLogger("depot.master")
 #: seconds a roll waits for the fresh workers to serve, and for the old ones
 #: to go quiet, before it goes on regardless
 ROLL_WAIT = 60.0
+#: seconds a round of a roll waits for the workers it stopped to exit (one
+#: that still holds an idle keep-alive connection stays until it closes)
+EXIT_WAIT = 2.0
 #: seconds a worker waits for the master to stage a copy or roll the workers
 CALL_TIMEOUT = 600.0
 #: the longest request or answer on the master's socket
@@ -115,7 +118,7 @@ class Master:
                 if request["op"] == "stage":
                     self.registry.stage(Row(**request["row"]))
                 elif request["op"] == "roll":
-                    self.roll()
+                    self.roll(caller=pid)
                 else:
                     raise ValueError(f"no operation {request['op']!r}")
                 reply: dict[str, Any] = {"ok": True}
@@ -124,27 +127,27 @@ class Master:
                 reply = {"error": getattr(e, "message", None) or f"{type(e).__name__}: {e}"}
             conn.sendall(orjson.dumps(reply) + b"\n")
 
-    def roll(self) -> None:
-        """Replace every worker by a fresh fork. A roll that began after this
-        call was made shares everything staged before it, so rolls asked for
-        at once are made once."""
+    def roll(self, caller: int = 0) -> None:
+        """Replace every worker by a fresh fork. A roll that began after this call was made shares everything staged
+        before it, so rolls asked for at once are made once."""
         asked = time.monotonic()
         with self._rolling:
             if self._roll_began > asked:
                 return
             self._roll_began = time.monotonic()
-            self._replace_workers()
+            self._replace_workers(caller)
 
     def roll_soon(self) -> None:
         threading.Thread(target=self.roll, name="depot-roll", daemon=True).start()
 
-    def _replace_workers(self) -> None:
+    def _replace_workers(self, caller: int) -> None:
         """Replace the workers a quarter at a time (at least one), oldest
-        first: start that many fresh forks; once they serve, gunicorn stops
-        as many of the oldest (it stops the oldest beyond its worker count),
-        and the next round waits until those have gone quiet. Capacity never
-        drops, and at most a quarter more processes than usual exist at once
-        (each fresh one costs some memory of its own until the old one goes)."""
+        first. Each round starts that many fresh forks; once they serve, it
+        stops as many old workers and waits until they have gone quiet and,
+        for a moment, until they have exited (all but the caller, which waits
+        for the roll). Capacity never drops, and at most a quarter more
+        processes than usual exist at once: each holds memory of its own
+        until it exits."""
         arbiter = self.arbiter
         old = sorted(arbiter.WORKERS, key=lambda pid: arbiter.WORKERS[pid].age)
         if not old:
@@ -175,17 +178,21 @@ class Master:
                 arbiter.wakeup()
             self._wait("old workers to go quiet", lambda: all(
                 pid not in arbiter.WORKERS or self._flag(pid, "quiet") for pid in stopping))
+            if first + batch < len(old):
+                self._wait("old workers to exit", lambda: not any(
+                    pid in arbiter.WORKERS for pid in stopping if pid != caller), EXIT_WAIT)
         log.info("replaced %d workers in %.2f s", len(old), time.monotonic() - began)
 
     def _flag(self, pid: int, name: str) -> bool:
         return (self.folder / f"{pid}.{name}").exists()
 
     @staticmethod
-    def _wait(what: str, done: Any) -> None:
-        deadline = time.monotonic() + ROLL_WAIT
+    def _wait(what: str, done: Any, timeout: float = ROLL_WAIT) -> None:
+        deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                log.warning("gave up waiting for %s after %g s", what, ROLL_WAIT)
+                if timeout == ROLL_WAIT:
+                    log.warning("gave up waiting for %s after %g s", what, timeout)
                 return
             time.sleep(0.02)
 

@@ -52,6 +52,27 @@ def make_forest(folder: Path) -> Path:
     return folder / "model.joblib"
 
 
+LOAD_PEAK = """
+import resource, sys
+import joblib, sklearn.ensemble
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+before = rss()
+model = joblib.load(sys.argv[1])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(peak - before, rss() - before)
+"""
+
+
+def load_peak(forest: Path) -> tuple[float, float]:
+    """MB above its start at the peak of one ``joblib.load`` in a process of
+    its own, and once loaded: the floor of any design's peak during a load
+    (the unpickler holds every tree's arrays while scikit-learn copies them)."""
+    out = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(forest)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
 def post(path: str, body: bytes = b"") -> tuple[int, float]:
     began = time.perf_counter()
     try:
@@ -229,7 +250,10 @@ def main() -> None:
     home = args.home / "memory"
     home.mkdir(parents=True, exist_ok=True)
     forest = make_forest(home / "forest")
-    print(f"# forest: {forest.stat().st_size / 1e6:.0f} MB on disk", flush=True)
+    peak, held = load_peak(forest)
+    print(f"# forest: {forest.stat().st_size / 1e6:.0f} MB on disk; one joblib.load in a "
+          f"process of its own peaks at {peak:.0f} MB and holds {held:.0f} MB "
+          f"({peak / held:.2f} copies at its peak)", flush=True)
     designs = {"Depot": ROOT, f"Depot at {args.baseline} (each worker loads)":
                baseline_tree(args.home, args.baseline)}
     results = {}

@@ -136,8 +136,12 @@ def test_a_hot_load_and_reloads_cost_what_a_preload_costs(tmp_path, forest_file,
 
         peak, reply = peak_during(server, load)
         assert reply.status_code == 200, reply.text
-        # each worker loading its own copy would be one copy a worker (4 here)
-        assert peak - empty < 3 * model, (peak, empty, model)
+        # Each worker loading its own copy would be a copy a worker (4 here).
+        # One load peaks at about two copies by itself, in any process (the
+        # unpickler holds every tree's arrays while scikit-learn copies
+        # them): the worker's check and the master's load take turns, and
+        # the roll adds a round of fresh forks.
+        assert peak - empty < 2.5 * model, (peak, empty, model)
         settles_under(server, SETTLED_RATIO * preloaded)
         hot = steady_pss(server)
         for _ in range(3):
