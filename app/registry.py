@@ -30,7 +30,7 @@ import orjson
 
 import runtimes
 
-from . import repository
+from . import repository, snapshots
 from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
@@ -468,7 +468,7 @@ class Registry:
 
     def _is_large(self, row: Row) -> bool:
         try:
-            return self.snapshots.path(row).stat().st_size >= SHARED_FROM
+            return snapshots.size(self.snapshots.path(row)) >= SHARED_FROM
         except OSError:
             return False
 
@@ -512,7 +512,7 @@ class Registry:
 
     def _snapshot(self, row: Row) -> Path:
         path = self.snapshots.path(row)
-        if path.is_file():
+        if path.exists():
             return path
         spec = next((s for s in self._find(row.name)
                      if s.version == row.version and s.artifact is not None), None)
@@ -566,7 +566,7 @@ class Registry:
             new = row.replace(state=READY, reason="", generation=generation,
                               snapshot=artifact.name, digest=digest, details=details,
                               fingerprint=mark)
-            if self._shares_copies() and artifact.stat().st_size >= SHARED_FROM:
+            if self._shares_copies() and snapshots.size(artifact) >= SHARED_FROM:
                 # It proved the artifact loads; the master's copy serves. Let
                 # it go first, so the host holds one new copy at a time.
                 cache.release(runtime)
@@ -643,6 +643,8 @@ class Registry:
         artifact saved by another version, an old format) is logged as a
         ``warning`` event of that model, one JSON line like every other."""
         cls = runtimes.by_name(runtime_name or "")
+        if cls is None and runtimes.is_user(runtime_name):
+            cls = runtimes.user_runtime(runtime_name or "", artifact)
         if cls is None:
             raise LoadFailed(f"no runtime named {runtime_name!r}")
         runtime = cls(artifact, orjson.loads(details).get("parameters") or {})

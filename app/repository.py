@@ -221,7 +221,7 @@ def server_settings(root: Path) -> dict[str, Any]:
 
 
 def _version(base: ModelSpec, folder: Path) -> ModelSpec:
-    artifact = _artifact_in(folder)
+    artifact = folder if runtimes.is_user(base.runtime) else _artifact_in(folder)
     if artifact is None:
         return replace(base, version=folder.name,
                        error=f"no model artifact in version folder {folder.name}")
@@ -233,6 +233,9 @@ def fingerprint(spec: ModelSpec) -> str:
     """Size and modification time of the files a model is made of: equal
     fingerprints mean the disk holds what was registered or loaded."""
     files = [spec.source / SETTINGS_FILE if spec.source.is_dir() else None, spec.artifact]
+    if spec.artifact is not None and spec.artifact.is_dir():  # every file in it
+        files[1:] = sorted(p for p in spec.artifact.rglob("*") if p.is_file()
+                           and p.name != SETTINGS_FILE and "__pycache__" not in p.parts)
     parts = []
     for path in files:
         try:
@@ -252,6 +255,11 @@ def _file_like(path: Path) -> bool:
 
 
 def _artifact_in(folder: Path) -> Path | None:
+    """The artifact a folder holds: the folder itself when it is one (an
+    MLflow model: its ``MLmodel`` beside a model.pkl), else a well-known
+    file name, else its one file that a runtime loads."""
+    if runtimes.for_artifact(folder):
+        return folder
     for name in WELL_KNOWN:
         if _file_like(folder / name):
             return folder / name
@@ -294,6 +302,10 @@ def _from_settings(folder: Path, versioned: bool = False) -> ModelSpec:
                      runtime=runtime.name if runtime else None,
                      inputs=settings.get("inputs") or None,
                      outputs=settings.get("outputs") or None)
+    if runtimes.is_user(implementation):
+        # a runtime of one's own: the whole folder is its artifact, so its
+        # module travels with the model (docs/runtimes.md)
+        return replace(base, runtime=implementation, artifact=None if versioned else folder)
     if implementation and runtime is None:
         return replace(base, error=f"no runtime for implementation {implementation!r}")
     if versioned:

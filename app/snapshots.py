@@ -2,7 +2,8 @@
 its workers load, so all of them serve the same bytes whatever happens on
 disk.
 
-A load copies the artifact to ``<state>/snapshots/<model key>/<generation>/``
+A load copies the artifact (a file, or a folder for MLflow models and
+runtimes of one's own) to ``<state>/snapshots/<model key>/<generation>/``
 and publishes that generation with the copy's SHA-256. Another host (or this
 one after losing its copy) makes its own from its models folder, and keeps it
 only if the digest matches: every host serves the bytes the load published,
@@ -46,9 +47,7 @@ class Snapshots:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / artifact.name
-            digest = _copy(artifact, target)
-            shutil.copystat(artifact, target)
-            return target, digest
+            return target, _copy(artifact, target)
         except BaseException:
             self.remove(name, version, generation)
             raise
@@ -59,7 +58,7 @@ class Snapshots:
         is the row's. Several workers may fetch at once: each writes its own
         partial file and the first complete one is renamed into place."""
         target = self.path(row)
-        if target.is_file():
+        if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
@@ -69,9 +68,13 @@ class Snapshots:
                 raise ArtifactDiffers(
                     f"this host's models folder holds other bytes than the load published "
                     f"({artifact.name}: sha256 {digest[:12]}, published {row.digest[:12]})")
-            os.replace(partial, target)
+            try:
+                os.replace(partial, target)
+            except OSError:  # a folder: another process put its copy first
+                if not target.is_dir():
+                    raise
         finally:
-            partial.unlink(missing_ok=True)
+            _remove(partial)
         return target
 
     def remove(self, name: str, version: str, generation: int) -> None:
@@ -104,12 +107,42 @@ class Snapshots:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def size(path: Path) -> int:
+    """Bytes in an artifact: a file's, or every file's in a folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in _files(path))
+    return path.stat().st_size
+
+
 def _copy(source: Path, target: Path) -> str:
     """Copy ``source`` to ``target`` and return the SHA-256 of the bytes
-    written, read once."""
+    written, read once. A folder's digest covers each file's path and bytes."""
+    if source.is_dir():
+        digest = hashlib.sha256()
+        for file in _files(source):
+            relative = file.relative_to(source)
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            digest.update(f"{relative}\0{_copy(file, target / relative)}\n".encode())
+        target.mkdir(exist_ok=True)
+        return digest.hexdigest()
     digest = hashlib.sha256()
     with open(source, "rb") as src, open(target, "wb") as dst:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             dst.write(chunk)
+    shutil.copystat(source, target)
     return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    """A folder's files, in a fixed order: not symlinks (a model's files are
+    its own) nor compiled bytecode, which differs from host to host."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+                  and "__pycache__" not in p.relative_to(folder).parts)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

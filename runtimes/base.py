@@ -56,6 +56,9 @@ class Runtime:
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: MLServer ``implementation`` strings that mean this runtime
     implementations: ClassVar[tuple[str, ...]] = ()
+    #: file names that make the folder holding them an artifact of this
+    #: runtime (MLflow's ``MLmodel``): ``path`` is then that folder
+    markers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: Path, parameters: dict[str, Any] | None = None) -> None:
         self.path = path

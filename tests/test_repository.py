@@ -39,11 +39,17 @@ def test_settings_errors_are_reported_not_raised(tmp_path):
     (tmp_path / "impl").mkdir()
     shutil.copy(MODELS / "mnist-svm" / "model.joblib", tmp_path / "impl" / "model.joblib")
     (tmp_path / "impl" / "model-settings.json").write_text(
+        json.dumps({"implementation": "mlserver_huggingface.HuggingFaceRuntime"}))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "model-settings.json").write_text(
         json.dumps({"implementation": "somewhere.Else"}))
     specs = {s.name: s for s in repository.scan(tmp_path)}
     assert "bad model-settings.json" in specs["bad"].error
     assert "no model artifact" in specs["escape"].error
     assert "no runtime for implementation" in specs["impl"].error
+    # a runtime of one's own: its folder is the artifact, imported at load
+    assert (specs["mine"].runtime, specs["mine"].artifact, specs["mine"].error) == \
+        ("somewhere.Else", tmp_path / "mine", None)
 
 
 def test_settings_name_wins(tmp_path):

@@ -69,3 +69,34 @@ def test_early_stopped_model_uses_its_best_iteration(tmp_path: Path) -> None:
 
 def test_the_fast_path_covers_the_default_objectives() -> None:
     assert {"binary:logistic", "multi:softprob", "reg:squarederror"} <= set(DIRECT_OBJECTIVES)
+
+
+RAW = [("binary:logistic", 2), ("multi:softprob", 3), ("multi:softmax", 3), ("reg:squarederror", 1)]
+
+
+@pytest.mark.parametrize("objective,classes", RAW)
+def test_a_raw_booster_answers_its_own_predict(objective: str, classes: int, tmp_path: Path) -> None:
+    """A booster from xgb.train carries no scikit-learn type: ``predict`` is
+    ``Booster.predict``, the scores (MLServer loads it as an XGBRegressor),
+    and ``predict_proba`` is there where the scores are probabilities."""
+    y = (X[:, 0] * classes).astype(int) % classes if classes > 1 else X[:, 0] * 3
+    params = {"objective": objective, "max_depth": 3}
+    if objective.startswith("multi:"):
+        params["num_class"] = classes
+    booster = xgb.train(params, xgb.DMatrix(X_NAN, label=y), num_boost_round=6)
+    booster.save_model(tmp_path / "model.json")
+    runtime = XGBoostRuntime(tmp_path / "model.json")
+    runtime.load()
+    expected = booster.predict(xgb.DMatrix(X_NAN))
+    got = runtime.predict(X_NAN, runtime.outputs)
+    np.testing.assert_allclose(got["predict"], expected, rtol=1e-6)
+    assert got["predict"].dtype == np.float32
+    if objective in ("binary:logistic", "multi:softprob"):
+        proba = got["predict_proba"]
+        assert proba.shape == (len(X), classes)
+        np.testing.assert_allclose(proba[:, -1] if classes == 2 else proba,
+                                   expected, rtol=1e-6)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    else:
+        assert runtime.outputs == ["predict"]
+    assert runtime.signatures["predict"] == ("FP32", [-1, classes if objective == "multi:softprob" else 1])
