@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test bench attacks clean
+.PHONY: serve test install install-test bench attacks screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+$(VENV)/.installed-test: requirements-test.txt requirements-frameworks.txt $(VENV)/.installed
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
@@ -36,3 +36,7 @@ bench: install-test
 # Hostile clients against a real server, measured (docs/architecture.md)
 attacks: install-test
 	$(BIN)/python bench/attacks.py
+
+# The console's picture in the README, taken by its browser test
+screenshot: install-test
+	DEPOT_SCREENSHOT=docs/console.png $(BIN)/python -m pytest -q tests/test_console.py -k shows_every_model

@@ -59,9 +59,10 @@ def on_starting(server):
     error log goes: every line on stderr is JSON."""
     import logging
 
-    # Python warnings (a library's, outside a model's load) are log lines too.
+    # Python warnings (a library's, outside a model's load) are log lines
+    # too, and so is what MLflow says while a model loads.
     logging.captureWarnings(True)
-    for name in ("depot", "py.warnings"):
+    for name in ("depot", "py.warnings", "mlflow"):
         logger = logging.getLogger(name)
         logger.handlers = list(server.log.error_log.handlers)
         logger.setLevel(server.log.error_log.level)

@@ -183,6 +183,11 @@ class Master:
                     pid in arbiter.WORKERS for pid in stopping if pid != caller), EXIT_WAIT)
         log.info("replaced %d workers in %.2f s", len(old), time.monotonic() - began)
 
+    def serving_workers(self) -> int:
+        """Workers that serve now: started, and not stopping."""
+        ready = {p.stem for p in self.folder.glob("*.ready")}
+        return len(ready - {p.stem for p in self.folder.glob("*.quiet")})
+
     def _flag(self, pid: int, name: str) -> bool:
         return (self.folder / f"{pid}.{name}").exists()
 
@@ -203,10 +208,19 @@ class Master:
     # -- in a worker --------------------------------------------------------------
 
     def worker_ready(self) -> None:
-        (self.folder / f"{os.getpid()}.ready").touch()
+        self._say("ready")
 
     def worker_quiet(self) -> None:
-        (self.folder / f"{os.getpid()}.quiet").touch()
+        self._say("quiet")
+
+    def _say(self, flag: str) -> None:
+        """Raise this worker's flag. A state folder that refuses it (read-only,
+        full) must not stop the worker: a roll then waits for it in vain, and
+        loads are refused meanwhile anyway."""
+        try:
+            (self.folder / f"{os.getpid()}.{flag}").touch()
+        except OSError as e:
+            log.warning("could not say this worker is %s: %s", flag, e)
 
     def stage(self, row: Row) -> None:
         """Have the master load ``row``'s copy from this host's snapshot."""

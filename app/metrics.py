@@ -189,6 +189,32 @@ class Metrics:
         return [_triton_stats(model, version, values) for model, version in keys]
 
 
+    def traffic(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (model, version), summed over every worker: successful and
+        failed requests, rows, and the duration histogram's cumulative
+        bucket counts (the console's rates and percentiles come from the
+        difference between two readings)."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        bounds = {float(b): i for i, b in enumerate(BUCKETS)} | {float("inf"): len(BUCKETS)}
+        for family in self.collected().collect():
+            for sample in family.samples:
+                labels = sample.labels
+                if "version" not in labels or "phase" in labels:
+                    continue
+                entry = found.setdefault((labels["model"], labels["version"]), {
+                    "requests": 0, "failures": 0, "rows": 0,
+                    "buckets": [0] * (len(BUCKETS) + 1)})
+                if sample.name == "depot_inference_request_duration_seconds_bucket":
+                    entry["buckets"][bounds[float(labels["le"])]] = int(sample.value)
+                elif sample.name == "depot_inference_request_duration_seconds_count":
+                    entry["requests"] = int(sample.value)
+                elif sample.name == "depot_inference_request_failures_total":
+                    entry["failures"] = int(sample.value)
+                elif sample.name == "depot_inference_rows_total":
+                    entry["rows"] = int(sample.value)
+        return found
+
+
 def _allocate(path: Path) -> None:
     """Give ``path`` blocks on disk for all it uses and FILE_ROOM more,
     growing it as prometheus-client would (doubling from FILE_SIZE), so its

@@ -141,6 +141,8 @@ class Settings:
     #: seconds a host may go without telling a shared store what it has
     #: applied before it stops serving (and the others stop waiting for it)
     lease_seconds: float = 10.0
+    #: serve the operator console at / (app/console.py)
+    console: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -186,6 +188,7 @@ class Settings:
             access_log=read("DEPOT_ACCESS_LOG", parse_bool, True),
             metrics_dir=read("PROMETHEUS_MULTIPROC_DIR", Path, None),
             follow_symlinks=read("DEPOT_FOLLOW_SYMLINKS", parse_bool, False),
+            console=read("DEPOT_CONSOLE", parse_bool, True),
         )
 
 

@@ -34,6 +34,8 @@ log = logging.getLogger("depot.watcher")
 QUIET = 0.5
 #: how often the watcher checks for quiet entries
 TICK = 0.1
+#: seconds before a worker that could not stand as the watcher stands again
+STAND_AGAIN = 1.0
 
 
 class Watcher(FileSystemEventHandler):
@@ -116,8 +118,17 @@ def start_election(registry: Registry) -> None:
     watcher once the store says so (:meth:`~app.store.Store.become_watcher`),
     and watches for as long as it stays the watcher."""
     def candidate() -> None:
+        said = None
         while True:
-            holds = registry.store.become_watcher()
+            try:
+                holds = registry.store.become_watcher()
+            except Exception as e:  # a read-only state folder: stand again later
+                if str(e) != said:
+                    log.error("cannot stand as the watcher: %s", getattr(e, "message", e))
+                said = str(e)
+                time.sleep(STAND_AGAIN)
+                continue
+            said = None
             try:
                 registry.store.set_meta("watcher_pid", str(os.getpid()))
             except DepotError as e:  # GET /v2 will not name the watcher; it watches all the same

@@ -103,6 +103,12 @@ class Server:
                  if line.startswith("{")]
         return [(line["event"], line["model"]) for line in lines if "event" in line]
 
+    def json_log(self) -> list[dict]:
+        """Every line the server wrote, each of which must be a JSON object."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        assert [line for line in lines if not line.startswith("{")] == []
+        return [orjson.loads(line) for line in lines]
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
