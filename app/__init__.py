@@ -1,9 +1,11 @@
 """Depot: a V2 / Open Inference Protocol model server on Flask and gunicorn."""
 from __future__ import annotations
 
+import time
+
 from flask import Flask
 
-from . import api, errors
+from . import api, console, errors
 from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
@@ -18,6 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["DEPOT_API_KEY"] = settings.api_key
     app.extensions["depot"] = Registry.open(settings)
     app.extensions["depot.metrics"] = Metrics(settings.metrics_dir)
+    app.config["DEPOT_STARTED"] = time.time()
     app.register_blueprint(api.bp)
+    if settings.console:
+        app.register_blueprint(console.bp)
     errors.init_app(app)
     return app

@@ -60,8 +60,8 @@ def test_every_route_is_in_the_document(tmp_path):
     app = create_app(Settings(models=MODELS, state_dir=tmp_path))
     paths = openapi.document("x")["paths"]
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or rule.endpoint.startswith("console."):
+            continue  # the console's page and its own data are not the API
         path = rule.rule.replace("<", "{").replace(">", "}")
         assert path in paths, f"{rule.rule} is not in the OpenAPI document"
         for method in rule.methods - {"HEAD", "OPTIONS"}:
