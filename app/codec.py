@@ -7,8 +7,9 @@ numpy arrays.
 """
 from __future__ import annotations
 
+import itertools
 import math
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,7 @@ class InferenceRequest:
 
 def parse_object(body: bytes, what: str = "request body") -> dict[str, Any]:
     """An empty body means ``{}``: tritonclient sends none on the repository routes."""
-    if not body.strip():
+    if not body or body.isspace():  # isspace stops at the first other byte; strip copies
         return {}
     try:
         value = orjson.loads(body)
@@ -70,13 +71,17 @@ def parse_object(body: bytes, what: str = "request body") -> dict[str, Any]:
 
 
 def _shape(name: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in value
-    ):
+    # a plain loop: generator expressions cost a microsecond each, per request
+    if type(value) is not list:
         raise BadRequest(f"input {name!r}: 'shape' must be a list of integers")
-    if any(d < 0 for d in value):
-        raise BadRequest(f"input {name!r}: 'shape' {value} has a negative dimension")
-    if math.prod(value) > MAX_ELEMENTS:
+    size = 1
+    for d in value:
+        if type(d) is not int:  # not bool either
+            raise BadRequest(f"input {name!r}: 'shape' must be a list of integers")
+        if d < 0:
+            raise BadRequest(f"input {name!r}: 'shape' {value} has a negative dimension")
+        size *= d
+    if size > MAX_ELEMENTS:
         raise BadRequest(f"input {name!r}: 'shape' {value} is too large")
     return tuple(value)
 
@@ -222,6 +227,28 @@ def _requested_output(raw: Any, binary_default: bool) -> RequestedOutput:
     return RequestedOutput(name, binary_default if binary is None else binary, classes)
 
 
+def new_request_id() -> str:
+    """A UUID (version 4) for a request that brings no id, as MLServer gives
+    one. Its first 80 bits are random, drawn once per process; the last 48
+    count this process's requests: unique like ``uuid.uuid4()``, at a tenth
+    of its cost (no system call a request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNT) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX, _ID_COUNT
+    raw = bytearray(os.urandom(10))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    _ID_PREFIX, _ID_COUNT = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-", itertools.count()
+
+
+_ID_PREFIX, _ID_COUNT = "", itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)  # each worker draws its own
+
+
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
     """A V2 request; with ``header_length`` (the Inference-Header-Content-Length
     header) the JSON is followed by the binary tensor data."""
@@ -241,9 +268,10 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
         raise BadRequest("request needs a non-empty 'inputs' list")
     tensors = [decode_input(i, binary) for i in inputs]
     binary.check_used()
-    names = [t.name for t in tensors]
-    if len(set(names)) != len(names):
-        raise BadRequest(f"input names must be unique, got {names}")
+    if len(tensors) > 1:
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            raise BadRequest(f"input names must be unique, got {names}")
     parameters = _parameters(raw, "request 'parameters'")
     binary_output = bool(_flag(parameters, "binary_data_output", "request"))
     outputs = raw.get("outputs")
@@ -255,7 +283,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
     return InferenceRequest(
-        id=request_id or str(uuid.uuid4()),
+        id=request_id or new_request_id(),
         inputs=tensors,
         outputs=[_requested_output(o, binary_output) for o in outputs],
         parameters=parameters,

@@ -24,7 +24,26 @@ _PLAIN_STREAMS = (logging.StreamHandler, logging.FileHandler)
 
 
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+    second = int(created)
+    if second != _second[0]:  # strftime once a second, not once a line
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(created * 1000) % 1000:03d}Z"
+
+
+_second: list = [None, ""]
+
+
+def _write(stream: Any, line: str) -> None:
+    """One line, in one write to the stream's file (what the handler's own
+    write and flush make, without the text layer), or through the stream."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        stream.write(line)
+        stream.flush()
+        return
+    stream.flush()  # whatever the handler buffered goes first
+    os.write(fd, line.encode())
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,5 +98,4 @@ class JsonLogger(Logger):
                              **fields}, default=str).decode() + "\n"
         for handler in handlers:
             with handler.lock:
-                handler.stream.write(line)
-                handler.stream.flush()
+                _write(handler.stream, line)

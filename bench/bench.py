@@ -311,6 +311,24 @@ def run_python(script: str, *args: str) -> str:
                           capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
 
+def phase_table(samples: Path) -> str:
+    """bench/phases.py's µs per phase of one request through the WSGI app,
+    as a table: a phase per row, a case per column."""
+    found: dict[str, dict[str, float]] = {}
+    cases: list[str] = []
+    for line in run_python("phases.py", str(samples), "1").splitlines():
+        r = json.loads(line)
+        case = f"{r['model']} {r['rows']} row{'s' if r['rows'] > 1 else ''}"
+        if case not in cases:
+            cases.append(case)
+        found.setdefault(r["phase"], {})[case] = r["us"]
+    lines = ["| phase (µs, median, in-process) | " + " | ".join(cases) + " |",
+             "|---" * (len(cases) + 1) + "|"]
+    lines += [f"| {phase} | " + " | ".join(f"{by.get(c, float('nan')):.1f}" for c in cases) + " |"
+              for phase, by in found.items()]
+    return "\n".join(lines)
+
+
 # -- report --------------------------------------------------------------------------------
 
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
@@ -427,6 +445,9 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     print("# in-process floor", flush=True)
     inproc = {(j["model"], j["rows"]): j["e2e_ms"] for j in
               map(json.loads, run_python("inprocess.py", str(samples), "3").splitlines())}
+    print("# where a request's time goes (bench/phases.py)", flush=True)
+    phases = phase_table(samples)
+    print(phases, flush=True)
     print("# memory and control plane", flush=True)
     memory = depot_memory(args.home, samples)
     control = control_plane(args.home, samples)
@@ -457,7 +478,7 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             f"{servers['depot'].cold_start / servers['mlserver'].cold_start:.2f}"
             if "mlserver" in servers else "-"),
     }
-    table = report(servers, inproc, extras)
+    table = report(servers, inproc, extras) + "\n\n" + phases
     (args.home / "RESULTS.md").write_text(table + "\n")
     print(table)
 

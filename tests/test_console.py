@@ -58,8 +58,15 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser, server):
+def sent() -> list[str]:
+    """Every URL the page asked for."""
+    return []
+
+
+@pytest.fixture
+def page(browser, server, sent):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.on("request", lambda r: sent.append(r.url))
     opened = context.new_page()
     opened.goto(server.url + "/")
     yield opened
@@ -75,7 +82,7 @@ def cell(page: Page, name: str, column: str):
     return row(page, name).locator(f"td[data-label='{column}']")
 
 
-def test_the_console_shows_every_model_and_the_deployment(page, server):
+def test_the_console_shows_every_model_and_the_deployment(page, server, sent):
     expect(cell(page, SVM, "State")).to_have_text("READY", timeout=WAIT)
     expect(cell(page, XGB, "State")).to_have_text("READY")
     expect(cell(page, XGB, "Platform")).to_have_text("xgboost")
@@ -89,6 +96,13 @@ def test_the_console_shows_every_model_and_the_deployment(page, server):
     watcher = requests.get(server.url + "/v2").json()["depot"]["watcher_pid"]
     expect(page.locator("#watcher")).to_have_text(f"process {watcher}")
     expect(page.locator("#store")).to_have_text(f"SQLite in {server.state}")
+    expect(page.locator("#refreshed")).not_to_have_text(
+        page.locator("#refreshed").text_content(), timeout=WAIT)  # it refreshes itself
+    # the page, its script and stylesheet, and its state: nothing from elsewhere
+    assert {url.split("?")[0] for url in sent} >= {
+        f"{server.url}/", f"{server.url}/console/static/console.js",
+        f"{server.url}/console/static/console.css", f"{server.url}/console/state"}
+    assert all(url.startswith(server.url + "/") for url in sent), sent
     shot = os.environ.get("DEPOT_SCREENSHOT")  # make screenshot: docs/console.png
     if shot:  # with half a minute of traffic to show
         for i in range(300):

@@ -215,8 +215,12 @@ def test_a_crashed_workers_replacement_shares_the_masters_copies(tmp_path, digit
         assert server.post(f"/v2/repository/models/{DIGITS}/load").status_code == 200
         pids = wait_until(lambda: len(p := server.worker_pids()) == 4 and p, timeout=30)
         os.kill(next(iter(pids)), signal.SIGKILL)
-        wait_until(lambda: len(server.worker_pids() - pids) == 1 and
-                   len(server.worker_pids()) == 4, timeout=30)
+        try:
+            wait_until(lambda: len(server.worker_pids() - pids) == 1 and
+                       len(server.worker_pids()) == 4, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"workers {server.worker_pids()}, before the kill {pids}:\n"
+                                 f"{server.log_tail(80)}") from None
         replies = spread(lambda: server.infer(DIGITS, v2_body(digits[:2])), 64)
         truth = digits_forest[1].predict(digits[:2]).tolist()
         assert all(r.status_code == 200 and output(r).ravel().tolist() == truth
