@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,18 +29,12 @@ from app import codec, content, create_app  # noqa: E402
 from app.api import infer_response  # noqa: E402
 from app.logs import JsonFormatter, JsonLogger  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from inprocess import median_ms  # noqa: E402
 from model_floor_app import PREDICT  # noqa: E402
 
 
 def median_us(work, seconds: float) -> float:
-    for _ in range(50):
-        work()
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter_ns()
-        work()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e3
+    return median_ms(work, seconds) * 1000
 
 
 def access_logger() -> JsonLogger:
