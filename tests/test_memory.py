@@ -92,6 +92,14 @@ def settles_under(server: Server, bound: float) -> float:
     return wait_until(lambda: (p := server.pss_mb()) <= bound and p, timeout=60, every=0.2)
 
 
+def serving(server: Server) -> set[int]:
+    """The workers that serve: started (a ready flag), not stopping (no quiet
+    flag), as the master sees them (app/master.py)."""
+    flags = server.state / "workers"
+    ready = {int(p.stem) for p in flags.glob("*.ready")}
+    return server.worker_pids() & (ready - {int(p.stem) for p in flags.glob("*.quiet")})
+
+
 def copy_events(server: Server) -> list[int]:
     """The processes that built a copy of a model from its snapshot."""
     lines = [orjson.loads(line) for line in server.log.read_text().splitlines()
@@ -213,7 +221,10 @@ def test_a_crashed_workers_replacement_shares_the_masters_copies(tmp_path, digit
     with digits_server(tmp_path, digits_forest) as server:
         assert server.post(f"/v2/repository/models/{DIGITS}/unload").status_code == 200
         assert server.post(f"/v2/repository/models/{DIGITS}/load").status_code == 200
-        pids = wait_until(lambda: len(p := server.worker_pids()) == 4 and p, timeout=30)
+        # every worker serves, and none is stopping (the load may have come
+        # while gunicorn was still starting workers, and its caller exits last)
+        pids = wait_until(lambda: len(p := serving(server)) == 4 and p == server.worker_pids()
+                          and p, timeout=30)
         os.kill(next(iter(pids)), signal.SIGKILL)
         try:
             wait_until(lambda: len(server.worker_pids() - pids) == 1 and
