@@ -56,6 +56,7 @@ def state_of_the_server() -> dict[str, Any]:
     rows = reg.index(False)
     traffic = metrics().traffic()
     started = current_app.config["DEPOT_STARTED"]
+    unready = reg.unready_reason()  # a store health check: once
     now = time.time()
     return {
         "time": now,
@@ -68,8 +69,8 @@ def state_of_the_server() -> dict[str, Any]:
             "watcher_pid": reg.watcher_pid(),
             "store": store_description(reg.settings),
             "uptime_seconds": now - started,
-            "ready": reg.unready_reason() is None,
-            "unready_reason": reg.unready_reason(),
+            "ready": unready is None,
+            "unready_reason": unready,
             "key_required": current_app.config["DEPOT_API_KEY"] is not None,
         },
         "models": [model_entry(reg, row, traffic.get((row.name, row.version))) for row in rows],

@@ -180,7 +180,8 @@ class Master:
                 pid not in arbiter.WORKERS or self._flag(pid, "quiet") for pid in stopping))
             if first + batch < len(old):
                 self._wait("old workers to exit", lambda: not any(
-                    pid in arbiter.WORKERS for pid in stopping if pid != caller), EXIT_WAIT)
+                    pid in arbiter.WORKERS for pid in stopping if pid != caller),
+                    EXIT_WAIT, warn=False)  # one holding a keep-alive connection stays
         log.info("replaced %d workers in %.2f s", len(old), time.monotonic() - began)
 
     def serving_workers(self) -> int:
@@ -192,11 +193,11 @@ class Master:
         return (self.folder / f"{pid}.{name}").exists()
 
     @staticmethod
-    def _wait(what: str, done: Any, timeout: float = ROLL_WAIT) -> None:
+    def _wait(what: str, done: Any, timeout: float = ROLL_WAIT, warn: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                if timeout == ROLL_WAIT:
+                if warn:
                     log.warning("gave up waiting for %s after %g s", what, timeout)
                 return
             time.sleep(0.02)

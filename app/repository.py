@@ -25,6 +25,8 @@ from typing import Any
 
 import runtimes
 
+from . import snapshots
+
 SETTINGS_FILE = "model-settings.json"
 #: MLServer's server settings, at the top of an ``mlserver start .`` project:
 #: never a model; ``model_repository_root`` and ``load_models_at_startup``
@@ -234,8 +236,7 @@ def fingerprint(spec: ModelSpec) -> str:
     fingerprints mean the disk holds what was registered or loaded."""
     files = [spec.source / SETTINGS_FILE if spec.source.is_dir() else None, spec.artifact]
     if spec.artifact is not None and spec.artifact.is_dir():  # every file in it
-        files[1:] = sorted(p for p in spec.artifact.rglob("*") if p.is_file()
-                           and p.name != SETTINGS_FILE and "__pycache__" not in p.parts)
+        files[1:] = [p for p in snapshots.files(spec.artifact) if p.name != SETTINGS_FILE]
     parts = []
     for path in files:
         try:

@@ -110,7 +110,7 @@ class Snapshots:
 def size(path: Path) -> int:
     """Bytes in an artifact: a file's, or every file's in a folder."""
     if path.is_dir():
-        return sum(f.stat().st_size for f in _files(path))
+        return sum(f.stat().st_size for f in files(path))
     return path.stat().st_size
 
 
@@ -119,7 +119,7 @@ def _copy(source: Path, target: Path) -> str:
     written, read once. A folder's digest covers each file's path and bytes."""
     if source.is_dir():
         digest = hashlib.sha256()
-        for file in _files(source):
+        for file in files(source):
             relative = file.relative_to(source)
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             digest.update(f"{relative}\0{_copy(file, target / relative)}\n".encode())
@@ -134,7 +134,7 @@ def _copy(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
+def files(folder: Path) -> list[Path]:
     """A folder's files, in a fixed order: not symlinks (a model's files are
     its own) nor compiled bytecode, which differs from host to host."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
