@@ -115,7 +115,16 @@ def post_worker_init(worker):
         watcher.start_election(registry)
     worker.on_retiring = lambda: setattr(registry, "retiring", True)
     worker.on_quiet = registry.master.worker_quiet
+    worker.on_idle = lambda: _write_held(worker)
     registry.master.worker_ready()
+
+
+def _write_held(worker):
+    """What a busy worker held back: its counts, and its access lines."""
+    worker.app.wsgi().extensions["depot.metrics"].write()
+    write_held = getattr(worker.log, "write_held", None)
+    if write_held is not None:
+        write_held()
 
 
 def worker_exit(server, worker):
@@ -125,6 +134,7 @@ def worker_exit(server, worker):
     would touch every object the worker shares with the master, copying
     those pages, tens of MB for each worker a roll replaces (app/master.py)."""
     try:
+        _write_held(worker)
         _registry(worker).store.close()
     finally:
         error = sys.exc_info()[1]

@@ -12,11 +12,13 @@ it is a SIGBUS that kills the worker. So each worker allocates its files first
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import logging
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +41,9 @@ FILE_SIZE = 1 << 16
 #: room kept allocated past what a file uses, more than one label set adds
 #: (a model's histograms are ~40 entries of ~250 bytes)
 FILE_ROOM = 16 << 10
+#: seconds a worker that always has requests waiting may hold its counts
+#: before it writes them (it writes them as soon as none waits)
+WRITE_EVERY = 0.1
 
 
 class Metrics:
@@ -72,6 +77,10 @@ class Metrics:
                                  "Load and unload calls, by outcome.", ("model", "action", "outcome"),
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
         self._children: dict[tuple[str, str], tuple] = {}
+        #: counts not yet written, by label set, and since when
+        self._unwritten: dict[tuple, _Counts] = {}
+        self._unwritten_since = 0.0
+        self._lock = threading.Lock()
         #: False once this process could not reserve its files: it counts nothing
         self.counting = True
 
@@ -92,17 +101,48 @@ class Metrics:
                         self.multiprocess_dir, e.strerror or e)
         return self.counting
 
-    def track(self, model: str, version: str) -> "Tracker":
+    def track(self, model: str, version: str, more_waiting: bool = False) -> "Tracker":
+        """Time one inference request. ``more_waiting``: this worker has
+        other requests read and waiting, so the counts may wait for them
+        (see :meth:`count`)."""
         children = self._children.get((model, version))
         if children is None and not self.reserve():
-            return Tracker(None)
+            return Tracker(self, None, more_waiting)
         if children is None:  # labels() costs a lookup per call: keep the children
             children = self._children[(model, version)] = (
                 self.duration.labels(model, version), self.failures.labels(model, version),
                 self.failure_seconds.labels(model, version), self.rows.labels(model, version),
                 tuple(self.compute.labels(model, version, p) for p in PHASES),
                 self.last.labels(model, version))
-        return Tracker(children)
+        return Tracker(self, children, more_waiting)
+
+    def count(self, children: tuple, seconds: float, rows: int, phases: list[float],
+              ok: bool, more_waiting: bool) -> None:
+        """Add one request to this process's unwritten counts, and write
+        them unless other requests are waiting in this worker (then the
+        last of them writes them all, at most :data:`WRITE_EVERY` later).
+        Each write to the shared files costs microseconds; under load one
+        write a burst serves many requests. A request's numbers are always
+        written before the worker waits for new ones, and a scrape of this
+        process writes first."""
+        now = time.monotonic()
+        with self._lock:
+            counts = self._unwritten.get(children)
+            if counts is None:
+                counts = self._unwritten[children] = _Counts()
+                if len(self._unwritten) == 1:
+                    self._unwritten_since = now
+            counts.add(seconds, rows, phases, ok)
+            due = not more_waiting or now - self._unwritten_since >= WRITE_EVERY
+        if due:
+            self.write()
+
+    def write(self) -> None:
+        """Write the unwritten counts to this process's files."""
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, {}
+        for children, counts in unwritten.items():
+            counts.write(children)
 
     def control_call(self, model: str, action: str, seconds: float, ok: bool) -> None:
         if self.reserve():  # control calls are rare: each may be a new label set
@@ -112,6 +152,7 @@ class Metrics:
         """A fresh registry whose collect() sums every worker's numbers."""
         from prometheus_client import CollectorRegistry
 
+        self.write()  # this process's own counts are read, like every other's
         merged = CollectorRegistry()
         if self.multiprocess_dir is None:
             merged.register(_Frozen(list(self.registry.collect())))
@@ -322,13 +363,59 @@ def _triton_stats(model: str, version: str, values: dict) -> dict[str, Any]:
     }
 
 
+class _Counts:
+    """One label set's requests since its counts were last written."""
+
+    __slots__ = ("ok", "seconds", "buckets", "rows", "phases", "failed", "failed_seconds",
+                 "last")
+
+    def __init__(self) -> None:
+        self.ok = self.rows = self.failed = 0
+        self.seconds = self.failed_seconds = self.last = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last is +Inf
+        self.phases = [0.0] * len(PHASES)
+
+    def add(self, seconds: float, rows: int, phases: list[float], ok: bool) -> None:
+        if not ok:
+            self.failed += 1
+            self.failed_seconds += seconds
+            return
+        self.ok += 1
+        self.seconds += seconds
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1  # a bucket counts <= its bound
+        self.rows += rows
+        for i, spent in enumerate(phases):
+            self.phases[i] += spent
+        self.last = time.time()
+
+    def write(self, children: tuple) -> None:
+        """One write per number, however many requests it sums. The
+        histogram's sum and per-bucket counts are what its ``observe``
+        writes (prometheus-client 0.26, pinned), added up first."""
+        duration, failures, failure_seconds, rows, compute, last = children
+        if self.ok:
+            duration._sum.inc(self.seconds)
+            for bucket, n in zip(duration._buckets, self.buckets):
+                if n:
+                    bucket.inc(n)
+            rows.inc(self.rows)
+            for child, spent in zip(compute, self.phases):
+                child.inc(spent)
+            last.set(self.last)
+        if self.failed:
+            failures.inc(self.failed)
+            failure_seconds.inc(self.failed_seconds)
+
+
 class Tracker:
-    """Times one request's phases; records success or failure on exit."""
+    """Times one request's phases; counts its success or failure on exit."""
 
-    __slots__ = ("_children", "_start", "_last", "_phases", "rows")
+    __slots__ = ("_metrics", "_children", "_more_waiting", "_start", "_last", "_phases", "rows")
 
-    def __init__(self, children: tuple | None) -> None:
+    def __init__(self, metrics: Metrics, children: tuple | None, more_waiting: bool) -> None:
+        self._metrics = metrics
         self._children = children
+        self._more_waiting = more_waiting
         self._start = self._last = time.perf_counter()
         self._phases: list[float] = []
         self.rows = 0
@@ -345,14 +432,5 @@ class Tracker:
                  tb: TracebackType | None) -> None:
         if self._children is None:  # this process counts nothing (Metrics.reserve)
             return
-        duration, failures, failure_seconds, rows, compute, last = self._children
-        elapsed = time.perf_counter() - self._start
-        if kind is not None:
-            failures.inc()
-            failure_seconds.inc(elapsed)
-            return
-        duration.observe(elapsed)
-        rows.inc(self.rows)
-        for child, seconds in zip(compute, self._phases):
-            child.inc(seconds)
-        last.set(time.time())
+        self._metrics.count(self._children, time.perf_counter() - self._start, self.rows,
+                            self._phases, kind is None, self._more_waiting)

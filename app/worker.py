@@ -81,6 +81,10 @@ ORPHAN_GRACE = 3.0
 # serving its other connections meanwhile; at most this many at once.
 BACKGROUND_PREFIX = "/v2/repository/models/"
 MAX_BACKGROUND = 4
+#: the environ key that tells the app how many whole requests wait behind
+#: this one in its worker: the app may then hold back what it writes for
+#: every request (metrics, log lines) and write it once for them all
+REQUESTS_WAITING = "depot.requests_waiting"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # gunicorn's parse errors that are not a plain 400.
@@ -281,6 +285,9 @@ class KeepAliveWorker(base.Worker):
     #: new request (gunicorn.conf.py sets them)
     on_retiring: Callable[[], None] | None = None
     on_quiet: Callable[[], None] | None = None
+    #: called before the worker waits for requests, having none waiting:
+    #: what the app held back while others waited is written then
+    on_idle: Callable[[], None] | None = None
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
@@ -359,6 +366,8 @@ class KeepAliveWorker(base.Worker):
         and serve the oldest whole request, waiting up to ``timeout``
         seconds for something to do."""
         self.notify()
+        if not self.waiting and self.on_idle is not None:
+            self.on_idle()
         now = time.monotonic()
         wait = 0 if self.waiting else max(0.0, min(timeout, self.next_sweep - now))
         pending = []
@@ -729,6 +738,7 @@ class KeepAliveWorker(base.Worker):
             request_start = datetime.now()
             resp, environ = wsgi.create(req, conn, conn.client, conn.server, self.cfg,
                                         response_class=BufferedResponse)
+            environ[REQUESTS_WAITING] = len(self.waiting)
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:

@@ -1,10 +1,16 @@
 """Triton's statistics extension and /metrics, summed over every worker."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import requests
 import tritonclient.http as httpclient
+from prometheus_client import CollectorRegistry, Histogram
 
-from conftest import spread, v2_body
+import rawhttp
+from app.metrics import BUCKETS, Metrics
+from conftest import spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
 
@@ -81,3 +87,93 @@ def test_extensions_listed(server):
     assert set(server.get("/v2").json()["extensions"]) == {
         "model_repository", "model_repository(unload_dependents)", "binary_tensor_data",
         "classification", "statistics"}
+
+
+# -- counts held while requests wait ---------------------------------------------
+
+def samples(metrics: Metrics) -> dict[tuple, float]:
+    """What this process has written, read without writing what it holds."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metrics.registry.collect() for s in family.samples}
+
+
+def test_counts_held_while_requests_wait_are_written_once_none_waits() -> None:
+    metrics = Metrics(None)
+    durations = [0.0003, 0.002, 0.04, 7.0]  # the first bucket, two inner ones, +Inf
+    for seconds in durations[:-1]:
+        metrics.count(metrics.track("m", "1")._children, seconds, 2, [0.1, 0.2, 0.3],
+                      True, more_waiting=True)
+    metrics.count(metrics.track("m", "1")._children, 0.5, 0, [], False, more_waiting=True)
+    rows = ("depot_inference_rows_total", (("model", "m"), ("version", "1")))
+    assert samples(metrics).get(rows) == 0.0, "held while more requests wait"
+
+    metrics.count(metrics.track("m", "1")._children, durations[-1], 2, [0.1, 0.2, 0.3],
+                  True, more_waiting=False)
+    written = samples(metrics)
+    assert written[rows] == 8.0
+    labels = (("model", "m"), ("version", "1"))
+    assert written[("depot_inference_request_failures_total", labels)] == 1.0
+    assert written[("depot_inference_request_failure_seconds_total", labels)] == 0.5
+    assert written[("depot_inference_compute_seconds_total",
+                    labels[:1] + (("phase", "infer"),) + labels[1:])] == 0.8
+    # the histogram is what observing each request would have made
+    reference = Histogram("d", "", buckets=BUCKETS, registry=CollectorRegistry())
+    for seconds in durations:
+        reference.observe(seconds)
+    expected = {s.labels.get("le"): s.value for s in reference.collect()[0].samples
+                if s.name.endswith(("_bucket", "_count", "_sum"))}
+    got = {s.labels.get("le"): s.value for s in metrics.duration.collect()[0].samples
+           if s.name.endswith(("_bucket", "_count", "_sum"))}
+    assert got == expected
+
+
+def test_counts_held_under_load_are_written_after_a_while() -> None:
+    metrics = Metrics(None)
+    children = metrics.track("m", "1")._children
+    metrics.count(children, 0.001, 1, [], True, more_waiting=True)
+    metrics._unwritten_since -= 1.0  # as if the worker had been busy for a second
+    metrics.count(children, 0.001, 1, [], True, more_waiting=True)
+    assert samples(metrics)[("depot_inference_rows_total",
+                             (("model", "m"), ("version", "1")))] == 2.0
+
+
+def test_a_burst_on_one_worker_is_counted_and_logged_exactly(make_server, mushrooms):
+    """16 requests that arrive while one worker decodes a large one, and a
+    health check pipelined behind the first of them: each of the 16 finds
+    others waiting behind it, so its counts and log line are held, and all
+    are written before the worker waits again."""
+    with make_server(workers=1) as server:
+        large = rawhttp.connect(server)
+        large.sendall(rawhttp.request("POST", f"/v2/models/{XGB}/infer",
+                                      v2_body(np.tile(mushrooms, (500, 1)))))
+        body = v2_body(mushrooms[:3], id="burst")
+        socks = [rawhttp.connect(server) for _ in range(16)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(rawhttp.request("POST", f"/v2/models/{XGB}/infer", body) +
+                             (rawhttp.request("GET", "/v2/health/ready") if i == 0 else b""))
+            assert rawhttp.read_response(large.makefile("rb"))[0] == 200
+            files = [sock.makefile("rb") for sock in socks]
+            replies = [rawhttp.read_response(f) for f in files]
+            assert rawhttp.read_response(files[0])[0] == 200  # the health check
+        finally:
+            for sock in [large, *socks]:
+                sock.close()
+        assert [r[0] for r in replies] == [200] * 16
+        assert all(json.loads(r[2])["id"] == "burst" for r in replies)
+
+        def written() -> float:  # the files, as any other worker reads them
+            from prometheus_client.multiprocess import MultiProcessCollector
+            collected = MultiProcessCollector(None, path=str(server.state / "metrics")).collect()
+            return sum(s.value for f in collected for s in f.samples
+                       if s.name == "depot_inference_rows_total")
+
+        wait_until(lambda: written() == 16000 + 48, timeout=10)
+
+        def burst_lines() -> list[dict]:
+            return [line for line in server.json_log() if line.get("request_id") == "burst"]
+
+        wait_until(lambda: len(burst_lines()) >= 16, timeout=10)
+        xgb = stats_of(server)[(XGB, "v0.1.0")]
+        assert (xgb["execution_count"], xgb["inference_count"]) == (17, 16000 + 48)
+        assert [line["status"] for line in burst_lines()] == [200] * 16
