@@ -19,7 +19,7 @@ from .errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized, jso
 from .metrics import Metrics
 from .registry import Registry
 from .store import Row
-from .worker import REQUESTS_WAITING
+from .worker import HOLDS_WRITES
 
 bp = Blueprint("v2", __name__)
 
@@ -126,7 +126,7 @@ def infer(name: str, version: str | None = None) -> Response:
     environ["depot.model"] = name  # for the access log line
     row, runtime = app.extensions["depot"].get_ready(name, version)
     with app.extensions["depot.metrics"].track(row.name, row.version,
-                                               bool(environ.get(REQUESTS_WAITING))) as track:
+                                               environ.get(HOLDS_WRITES, False)) as track:
         limit = app.config["MAX_CONTENT_LENGTH"]
         body = compression.decompress(request_body(environ, limit),
                                       environ.get("HTTP_CONTENT_ENCODING"), limit)

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from gunicorn.glogging import Logger
 
-from .worker import REQUESTS_WAITING
+from .worker import HOLDS_WRITES
 
 #: LogRecord attributes that are not extra fields
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -66,7 +66,7 @@ class JsonFormatter(logging.Formatter):
 class JsonLogger(Logger):
     """gunicorn's logger, writing JSON lines."""
 
-    #: access lines held while more requests wait in the worker, at most
+    #: access lines held until the worker next waits, at most
     HELD_LINES = 64
 
     def setup(self, cfg: Any) -> None:
@@ -96,21 +96,22 @@ class JsonLogger(Logger):
             self.access_log.info("%s %s %s", method, path, status, extra=fields)
             return
         # One line a request, the line logging would write, made at a third
-        # of the cost; held while more requests wait in this worker (one
-        # write then carries them all), never past the worker's next wait.
+        # of the cost; held, if the worker says so, until it next waits (the
+        # answer goes first, and one write carries a burst's lines).
         line = orjson.dumps({"time": _timestamp(time.time()), "level": "info",
                              "logger": self.access_log.name, "pid": fields["worker_pid"],
                              "message": f"{method} {path} {status}", **fields},
                             default=str).decode() + "\n"
         self._held.append(line)
-        if not environ.get(REQUESTS_WAITING) or len(self._held) >= self.HELD_LINES:
+        if not environ.get(HOLDS_WRITES) or len(self._held) >= self.HELD_LINES:
             self.write_held()
 
     def write_held(self) -> None:
         """Write the access lines held back, in one write per handler."""
         if not self._held:
             return
-        lines, self._held = "".join(self._held), []
+        held, self._held = self._held, []  # what another thread adds goes in the next
+        lines = "".join(held)
         for handler in self.access_log.handlers:
             with handler.lock:
                 _write(handler.stream, lines)

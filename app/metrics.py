@@ -101,30 +101,31 @@ class Metrics:
                         self.multiprocess_dir, e.strerror or e)
         return self.counting
 
-    def track(self, model: str, version: str, more_waiting: bool = False) -> "Tracker":
-        """Time one inference request. ``more_waiting``: this worker has
-        other requests read and waiting, so the counts may wait for them
+    def track(self, model: str, version: str, hold: bool = False) -> "Tracker":
+        """Time one inference request. ``hold``: the worker calls
+        :meth:`write` before it next waits, so the counts may wait for that
         (see :meth:`count`)."""
         children = self._children.get((model, version))
         if children is None and not self.reserve():
-            return Tracker(self, None, more_waiting)
+            return Tracker(self, None, hold)
         if children is None:  # labels() costs a lookup per call: keep the children
             children = self._children[(model, version)] = (
                 self.duration.labels(model, version), self.failures.labels(model, version),
                 self.failure_seconds.labels(model, version), self.rows.labels(model, version),
                 tuple(self.compute.labels(model, version, p) for p in PHASES),
                 self.last.labels(model, version))
-        return Tracker(self, children, more_waiting)
+        return Tracker(self, children, hold)
 
     def count(self, children: tuple, seconds: float, rows: int, phases: list[float],
-              ok: bool, more_waiting: bool) -> None:
+              ok: bool, hold: bool) -> None:
         """Add one request to this process's unwritten counts, and write
-        them unless other requests are waiting in this worker (then the
-        last of them writes them all, at most :data:`WRITE_EVERY` later).
-        Each write to the shared files costs microseconds; under load one
-        write a burst serves many requests. A request's numbers are always
-        written before the worker waits for new ones, and a scrape of this
-        process writes first."""
+        them unless ``hold``: the worker then writes them once it has no
+        request waiting, after the answer is sent (under unbroken load, at
+        most :data:`WRITE_EVERY` later). Each write to the shared files
+        costs microseconds; so they are off the answer's path, and one
+        write serves a burst of requests. A scrape of this process writes
+        what it holds first; another process sees them microseconds after
+        the answer."""
         now = time.monotonic()
         with self._lock:
             counts = self._unwritten.get(children)
@@ -133,7 +134,7 @@ class Metrics:
                 if len(self._unwritten) == 1:
                     self._unwritten_since = now
             counts.add(seconds, rows, phases, ok)
-            due = not more_waiting or now - self._unwritten_since >= WRITE_EVERY
+            due = not hold or now - self._unwritten_since >= WRITE_EVERY
         if due:
             self.write()
 
@@ -410,12 +411,12 @@ class _Counts:
 class Tracker:
     """Times one request's phases; counts its success or failure on exit."""
 
-    __slots__ = ("_metrics", "_children", "_more_waiting", "_start", "_last", "_phases", "rows")
+    __slots__ = ("_metrics", "_children", "_hold", "_start", "_last", "_phases", "rows")
 
-    def __init__(self, metrics: Metrics, children: tuple | None, more_waiting: bool) -> None:
+    def __init__(self, metrics: Metrics, children: tuple | None, hold: bool) -> None:
         self._metrics = metrics
         self._children = children
-        self._more_waiting = more_waiting
+        self._hold = hold
         self._start = self._last = time.perf_counter()
         self._phases: list[float] = []
         self.rows = 0
@@ -433,4 +434,4 @@ class Tracker:
         if self._children is None:  # this process counts nothing (Metrics.reserve)
             return
         self._metrics.count(self._children, time.perf_counter() - self._start, self.rows,
-                            self._phases, kind is None, self._more_waiting)
+                            self._phases, kind is None, self._hold)

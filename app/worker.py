@@ -81,10 +81,11 @@ ORPHAN_GRACE = 3.0
 # serving its other connections meanwhile; at most this many at once.
 BACKGROUND_PREFIX = "/v2/repository/models/"
 MAX_BACKGROUND = 4
-#: the environ key that tells the app how many whole requests wait behind
-#: this one in its worker: the app may then hold back what it writes for
-#: every request (metrics, log lines) and write it once for them all
-REQUESTS_WAITING = "depot.requests_waiting"
+#: the environ key that tells the app this worker calls ``on_idle`` before
+#: it waits for requests: what the app writes for each request (counts, log
+#: lines) may be held until then, after the answer is sent, and written once
+#: for every request served in the meantime
+HOLDS_WRITES = "depot.holds_writes"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # gunicorn's parse errors that are not a plain 400.
@@ -286,7 +287,7 @@ class KeepAliveWorker(base.Worker):
     on_retiring: Callable[[], None] | None = None
     on_quiet: Callable[[], None] | None = None
     #: called before the worker waits for requests, having none waiting:
-    #: what the app held back while others waited is written then
+    #: what the app held back (HOLDS_WRITES) is written then
     on_idle: Callable[[], None] | None = None
 
     @classmethod
@@ -738,7 +739,7 @@ class KeepAliveWorker(base.Worker):
             request_start = datetime.now()
             resp, environ = wsgi.create(req, conn, conn.client, conn.server, self.cfg,
                                         response_class=BufferedResponse)
-            environ[REQUESTS_WAITING] = len(self.waiting)
+            environ[HOLDS_WRITES] = self.on_idle is not None
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:

@@ -250,7 +250,7 @@ def test_metrics_count_across_worker_generations_in_few_files(tmp_path, digits_f
             stats = server.get(f"/v2/models/{DIGITS}/stats").json()["model_stats"][0]
             return stats["inference_stats"]["success"]["count"]
 
-        assert counted() == 20
+        wait_until(lambda: counted() == 20)
         # three files per live worker, the master's, and one set for every
         # retired worker, once the replaced workers have been reaped
         wait_until(lambda: len(list((server.state / "metrics").glob("*.db"))) <= 3 * (4 + 2),

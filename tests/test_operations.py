@@ -42,6 +42,9 @@ def test_model_state_and_control_metrics(make_server, mushrooms):
         assert server.post("/v2/repository/models/nope/load").status_code == 404
         replies = spread(lambda: server.infer(XGB, v2_body(mushrooms[:3])), 30)
         assert {r.status_code for r in replies} == {200}
+        # each request is counted just after its answer
+        wait_until(lambda: metric(server.get("/metrics").text,
+                                  f'depot_inference_rows_total{{model="{XGB}"') == 90)
         text = server.get("/metrics").text
         assert metric(text, "depot_models_loaded ") == 2
         assert metric(text, f'depot_model_state{{model="{XGB}",state="READY"') == 1
@@ -234,7 +237,10 @@ def test_metrics_on_a_port_of_their_own(make_server, mushrooms):
     with make_server(workers=2, env={"DEPOT_METRICS_PORT": str(port)}) as server:
         replies = spread(lambda: server.infer(XGB, v2_body(mushrooms[:2])), 10)
         assert {r.status_code for r in replies} == {200}
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        assert metric(text, f'depot_inference_rows_total{{model="{XGB}"') == 20
+        def scraped() -> str:
+            return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+        wait_until(lambda: metric(scraped(), f'depot_inference_rows_total{{model="{XGB}"') == 20)
+        text = scraped()
         assert metric(text, "depot_models_loaded ") == 2
         assert "depot_model_state{" in text

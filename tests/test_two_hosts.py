@@ -111,6 +111,8 @@ def test_a_host_that_joins_or_restarts_adopts_the_state(tmp_path, postgres_url, 
         assert a.post(f"/v2/repository/models/{XGB}/unload").status_code == 200
         for _ in range(5):
             assert a.infer(MNIST, v2_body(digits[:1])).status_code == 200
+        wait_until(lambda: a.get(f"/v2/models/{MNIST}/stats").json()["model_stats"][0][
+            "execution_count"] == 5)
         stats = a.get(f"/v2/models/{MNIST}/stats").json()
         for models in (MODELS, None):  # a new host, then the same host restarted
             with host(tmp_path, "b", postgres_url, models=models) as b:
