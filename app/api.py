@@ -14,7 +14,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from . import codec, compression, content, openapi
+from . import batching, codec, compression, content, openapi
 from .errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized, json_response
 from .metrics import Metrics
 from .registry import Registry
@@ -135,7 +135,12 @@ def infer(name: str, version: str | None = None) -> Response:
         x = content.model_input(req, runtime.content_type)
         track.rows = len(x) if getattr(x, "ndim", 1) else 1
         track.phase_done()
-        results = runtime.infer(x, req.outputs)
+        seat = environ.get(batching.SEAT)  # the worker grouped it with others
+        if seat is None:
+            results = runtime.infer(x, req.outputs)
+        else:
+            results = seat.infer(runtime, x, req.outputs)
+            track.executions = seat.executions
         track.phase_done()
         response = infer_response(row, req, results, environ.get("HTTP_ACCEPT_ENCODING"))
         track.phase_done()

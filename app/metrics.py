@@ -67,6 +67,9 @@ class Metrics:
                                        registry=r)
         self.rows = Counter("depot_inference_rows", "Rows (batch items) inferred.", LABELS,
                             registry=r)
+        self.executions = Counter("depot_inference_executions",
+                                  "Model calls that answered successful requests (fewer than "
+                                  "the requests when they are batched).", LABELS, registry=r)
         self.compute = Counter("depot_inference_compute_seconds",
                                "Time in each phase of successful requests.", LABELS + ("phase",),
                                registry=r)
@@ -113,11 +116,11 @@ class Metrics:
                 self.duration.labels(model, version), self.failures.labels(model, version),
                 self.failure_seconds.labels(model, version), self.rows.labels(model, version),
                 tuple(self.compute.labels(model, version, p) for p in PHASES),
-                self.last.labels(model, version))
+                self.last.labels(model, version), self.executions.labels(model, version))
         return Tracker(self, children, hold)
 
     def count(self, children: tuple, seconds: float, rows: int, phases: list[float],
-              ok: bool, hold: bool) -> None:
+              ok: bool, hold: bool, executions: int = 1) -> None:
         """Add one request to this process's unwritten counts, and write
         them unless ``hold``: the worker then writes them once it has no
         request waiting, after the answer is sent (under unbroken load, at
@@ -133,7 +136,7 @@ class Metrics:
                 counts = self._unwritten[children] = _Counts()
                 if len(self._unwritten) == 1:
                     self._unwritten_since = now
-            counts.add(seconds, rows, phases, ok)
+            counts.add(seconds, rows, phases, ok, executions)
             due = not hold or now - self._unwritten_since >= WRITE_EVERY
         if due:
             self.write()
@@ -346,7 +349,7 @@ def _triton_stats(model: str, version: str, values: dict) -> dict[str, Any]:
         "version": version,
         "last_inference": int(get("depot_inference_last_timestamp_seconds") * 1000),
         "inference_count": int(get("depot_inference_rows_total")),
-        "execution_count": int(successes),
+        "execution_count": int(get("depot_inference_executions_total")),
         "inference_stats": {
             "success": duration(successes, get("depot_inference_request_duration_seconds_sum")),
             "fail": duration(get("depot_inference_request_failures_total"),
@@ -368,15 +371,16 @@ class _Counts:
     """One label set's requests since its counts were last written."""
 
     __slots__ = ("ok", "seconds", "buckets", "rows", "phases", "failed", "failed_seconds",
-                 "last")
+                 "last", "executions")
 
     def __init__(self) -> None:
-        self.ok = self.rows = self.failed = 0
+        self.ok = self.rows = self.failed = self.executions = 0
         self.seconds = self.failed_seconds = self.last = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)  # the last is +Inf
         self.phases = [0.0] * len(PHASES)
 
-    def add(self, seconds: float, rows: int, phases: list[float], ok: bool) -> None:
+    def add(self, seconds: float, rows: int, phases: list[float], ok: bool,
+            executions: int) -> None:
         if not ok:
             self.failed += 1
             self.failed_seconds += seconds
@@ -385,6 +389,7 @@ class _Counts:
         self.seconds += seconds
         self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1  # a bucket counts <= its bound
         self.rows += rows
+        self.executions += executions
         for i, spent in enumerate(phases):
             self.phases[i] += spent
         self.last = time.time()
@@ -393,13 +398,14 @@ class _Counts:
         """One write per number, however many requests it sums. The
         histogram's sum and per-bucket counts are what its ``observe``
         writes (prometheus-client 0.26, pinned), added up first."""
-        duration, failures, failure_seconds, rows, compute, last = children
+        duration, failures, failure_seconds, rows, compute, last, executions = children
         if self.ok:
             duration._sum.inc(self.seconds)
             for bucket, n in zip(duration._buckets, self.buckets):
                 if n:
                     bucket.inc(n)
             rows.inc(self.rows)
+            executions.inc(self.executions)
             for child, spent in zip(compute, self.phases):
                 child.inc(spent)
             last.set(self.last)
@@ -411,7 +417,8 @@ class _Counts:
 class Tracker:
     """Times one request's phases; counts its success or failure on exit."""
 
-    __slots__ = ("_metrics", "_children", "_hold", "_start", "_last", "_phases", "rows")
+    __slots__ = ("_metrics", "_children", "_hold", "_start", "_last", "_phases", "rows",
+                 "executions")
 
     def __init__(self, metrics: Metrics, children: tuple | None, hold: bool) -> None:
         self._metrics = metrics
@@ -420,6 +427,7 @@ class Tracker:
         self._start = self._last = time.perf_counter()
         self._phases: list[float] = []
         self.rows = 0
+        self.executions = 1  # model calls counted for it (app/batching.py)
 
     def phase_done(self) -> None:
         now = time.perf_counter()
@@ -434,4 +442,4 @@ class Tracker:
         if self._children is None:  # this process counts nothing (Metrics.reserve)
             return
         self._metrics.count(self._children, time.perf_counter() - self._start, self.rows,
-                            self._phases, kind is None, self._hold)
+                            self._phases, kind is None, self._hold, self.executions)

@@ -169,6 +169,17 @@ class Registry:
                 row = newer
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
+    def batch_limit(self, name: str, version: str | None = None) -> int:
+        """The model's ``max_batch_size`` if this process's copy of it is
+        READY (app/batching.py), else 0; never raises."""
+        try:
+            row = self.row(name, version)
+        except DepotError:
+            return 0
+        runtime = self.cache.get((row.name, row.version), row.generation) \
+            if row.state == READY else None
+        return getattr(runtime, "max_batch_size", 0)
+
     def index(self, ready_only: bool = False) -> list[Row]:
         """Every model version's row, by name and version, read from the
         store (a 503 rather than the rows of a database that is no longer
@@ -647,7 +658,9 @@ class Registry:
             cls = runtimes.user_runtime(runtime_name or "", artifact)
         if cls is None:
             raise LoadFailed(f"no runtime named {runtime_name!r}")
-        runtime = cls(artifact, orjson.loads(details).get("parameters") or {})
+        declared = orjson.loads(details)
+        runtime = cls(artifact, declared.get("parameters") or {})
+        runtime.max_batch_size = declared.get("max_batch_size") or 0
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
             try:
@@ -692,7 +705,8 @@ class Registry:
     @staticmethod
     def _details(spec: ModelSpec) -> str:
         return orjson.dumps({"parameters": spec.parameters, "inputs": spec.inputs,
-                             "outputs": spec.outputs}).decode()
+                             "outputs": spec.outputs,
+                             "max_batch_size": spec.max_batch_size}).decode()
 
     def _repair(self, row: Row) -> None:
         """Undo what a dead loader left. Called with the model's lock held,

@@ -55,6 +55,8 @@ class ModelSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     inputs: list[dict[str, Any]] | None = None
     outputs: list[dict[str, Any]] | None = None
+    #: requests one model call may answer (app/batching.py); 0 or 1: each alone
+    max_batch_size: int = 0
     error: str | None = None
 
 
@@ -295,6 +297,10 @@ def _from_settings(folder: Path, versioned: bool = False) -> ModelSpec:
     if not isinstance(parameters, dict):
         return ModelSpec(name=name, source=folder,
                          error=f"{SETTINGS_FILE}: 'parameters' must be an object")
+    batch = settings.get("max_batch_size", 0)
+    if type(batch) is not int or batch < 0:
+        return ModelSpec(name=name, source=folder,
+                         error=f"{SETTINGS_FILE}: 'max_batch_size' must be a non-negative integer")
     version = parameters.get("version")
     implementation = settings.get("implementation")
     runtime = runtimes.for_implementation(implementation) if implementation else None
@@ -302,7 +308,7 @@ def _from_settings(folder: Path, versioned: bool = False) -> ModelSpec:
                      version=str(version) if version is not None else "",
                      runtime=runtime.name if runtime else None,
                      inputs=settings.get("inputs") or None,
-                     outputs=settings.get("outputs") or None)
+                     outputs=settings.get("outputs") or None, max_batch_size=batch)
     if runtimes.is_user(implementation):
         # a runtime of one's own: the whole folder is its artifact, so its
         # module travels with the model (docs/runtimes.md)

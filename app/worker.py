@@ -36,6 +36,7 @@ import select
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Callable
 
@@ -45,6 +46,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 from gunicorn.workers import base
 
+from . import batching
 from .framing import Framed, Malformed, RequestFramer
 from .settings import Settings
 
@@ -81,6 +83,14 @@ ORPHAN_GRACE = 3.0
 # serving its other connections meanwhile; at most this many at once.
 BACKGROUND_PREFIX = "/v2/repository/models/"
 MAX_BACKGROUND = 4
+#: requests one model call answers at most, whatever a model's settings say
+MAX_BATCH = 64
+#: bytes of requests (head and body) one model call answers at most. A
+#: model call's fixed cost dominates small requests, which are what
+#: batching is for; past ~20 rows of 100 values the rows cost more than the
+#: call, and a larger group would only hold back its first answers (measured:
+#: p99 rose 20-40% when 64-row requests were grouped by 16)
+MAX_BATCH_BYTES = 16 << 10
 #: the environ key that tells the app this worker calls ``on_idle`` before
 #: it waits for requests: what the app writes for each request (counts, log
 #: lines) may be held until then, after the answer is sent, and written once
@@ -289,6 +299,9 @@ class KeepAliveWorker(base.Worker):
     #: called before the worker waits for requests, having none waiting:
     #: what the app held back (HOLDS_WRITES) is written then
     on_idle: Callable[[], None] | None = None
+    #: how many requests for a path one model call may answer (below 2:
+    #: none are grouped); see :meth:`batch_mates` and app/batching.py
+    batch_limit: Callable[[str], int] | None = None
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
@@ -326,6 +339,7 @@ class KeepAliveWorker(base.Worker):
         self.finished: queue.SimpleQueue[tuple[Connection, bool]] = queue.SimpleQueue()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
+        self.batch_pool: ThreadPoolExecutor | None = None  # made on first use
         super().init_process()
 
     def run(self) -> None:
@@ -388,7 +402,11 @@ class KeepAliveWorker(base.Worker):
         if self.waiting:
             conn = next(iter(self.waiting))
             del self.waiting[conn]
-            self.serve(conn)
+            mates = self.batch_mates(conn)
+            if mates:
+                self.serve_together([conn, *mates])
+            else:
+                self.serve(conn)
 
     def on_events(self, conn: Connection, events: int) -> None:
         if conn.busy_since:
@@ -553,6 +571,64 @@ class KeepAliveWorker(base.Worker):
                              name="depot-control", daemon=True).start()
         else:
             self.answered(conn, self.respond(conn, req) and not framed.close)
+
+    def batch_mates(self, conn: Connection) -> list[Connection]:
+        """The waiting connections whose request has the same request line
+        as ``conn``'s, if that is an inference the app batches: the oldest
+        first, as many as one call may answer with ``conn``'s (the model's
+        limit, and :data:`MAX_BATCH_BYTES`). Only requests already whole
+        are grouped; none is waited for."""
+        if self.batch_limit is None or not self.waiting:
+            return []
+        end = conn.inbuf.find(b"\r\n", 0, 8192)
+        line = bytes(conn.inbuf[:end + 2]) if end > 0 else b""
+        if not line.startswith(b"POST "):
+            return []
+        path = line.split(b" ", 2)[1].split(b"?", 1)[0]
+        if not path.endswith(b"/infer"):
+            return []
+        limit = min(self.batch_limit(path.decode("latin-1")), MAX_BATCH)
+        mates: list[Connection] = []
+        room = MAX_BATCH_BYTES - conn.framed.length if conn.framed else 0
+        for other in self.waiting:
+            if len(mates) + 1 >= limit or room <= 0:
+                break
+            if other.inbuf.startswith(line) and other.framed.length <= room:
+                mates.append(other)
+                room -= other.framed.length
+        for other in mates:
+            del self.waiting[other]
+        return mates
+
+    def serve_together(self, conns: list[Connection]) -> None:
+        """Serve requests for one model at once, each through the app in a
+        thread of its own (the first in this one), with a seat in one
+        batch, where their inputs meet for one model call; then answer
+        them in order."""
+        jobs = []
+        for conn in conns:
+            data, framed = conn.take_request()
+            req = self.parse(conn, data)
+            if req is None:
+                self.answered(conn, False)
+            else:
+                jobs.append((conn, req, framed))
+        seats = batching.Batch(len(jobs)).seats()
+        if self.batch_pool is None:
+            self.batch_pool = ThreadPoolExecutor(MAX_BATCH - 1, thread_name_prefix="depot-batch")
+        others = [self.batch_pool.submit(self.respond_seated, conn, req, seat)
+                  for (conn, req, _), seat in zip(jobs[1:], seats[1:])]
+        keeps = [self.respond_seated(jobs[0][0], jobs[0][1], seats[0])] if jobs else []
+        keeps += [future.result() for future in others]
+        for (conn, _, framed), keep in zip(jobs, keeps):
+            if conn.sock.fileno() >= 0:
+                self.answered(conn, keep and not framed.close)
+
+    def respond_seated(self, conn: Connection, req, seat: batching.Seat) -> bool:
+        try:
+            return self.respond(conn, req, seat)
+        finally:
+            seat.leave()  # the others wait no longer for a request that did not infer
 
     def serve_in_background(self, conn: Connection, req, framed: Framed) -> None:
         keep = self.respond(conn, req) and not framed.close
@@ -721,17 +797,17 @@ class KeepAliveWorker(base.Worker):
             self.handle_error(None, conn, conn.client, e)
             return None
 
-    def respond(self, conn: Connection, req) -> bool:
+    def respond(self, conn: Connection, req, seat: batching.Seat | None = None) -> bool:
         """Run the app for one request; whether the connection may carry another."""
         try:
-            return self.handle_request(req, conn)
+            return self.handle_request(req, conn, seat)
         except StopIteration:
             return False
         except Exception as e:
             self.handle_error(req, conn, conn.client, e)
             return False
 
-    def handle_request(self, req, conn: Connection) -> bool:
+    def handle_request(self, req, conn: Connection, seat: batching.Seat | None = None) -> bool:
         environ: dict = {}
         resp = None
         try:
@@ -740,6 +816,8 @@ class KeepAliveWorker(base.Worker):
             resp, environ = wsgi.create(req, conn, conn.client, conn.server, self.cfg,
                                         response_class=BufferedResponse)
             environ[HOLDS_WRITES] = self.on_idle is not None
+            if seat is not None:
+                environ[batching.SEAT] = seat
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:

@@ -204,13 +204,27 @@ def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace)
 # -- Depot-only measurements ------------------------------------------------------------
 
 def depot_server(label: str, home: Path, workers: int, *extra: str,
-                 state_url: str | None = None, port: int = PORT) -> Server:
+                 state_url: str | None = None, port: int = PORT,
+                 models: Path | None = None) -> Server:
     state = "state" if not state_url else f"state-pg-{port}"
     env = {"DEPOT_STATE_DIR": str(home / state)}
     if state_url:
         env["DEPOT_STATE_URL"] = state_url
+    if models is not None:  # its own models, read afresh (a kept state keeps old settings)
+        shutil.rmtree(home / f"state-{models.name}", ignore_errors=True)
+        env = {"DEPOT_STATE_DIR": str(home / f"state-{models.name}"), "DEPOT_MODELS": str(models)}
     return Server(label, GUNICORN + ["-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
                                      "--workers", str(workers), *extra], env=env, port=port)
+
+
+def batched_models(home: Path, size: int = 16) -> Path:
+    """The bundled models with ``max_batch_size`` in their settings."""
+    models = home / "batched-models"
+    shutil.rmtree(models, ignore_errors=True)
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py"))
+    for path in models.glob("*/model-settings.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_batch_size": size}))
+    return models
 
 
 @contextlib.contextmanager
@@ -334,18 +348,19 @@ def phase_table(samples: Path) -> str:
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     """The composite floor takes the issue's transport floors (sync and
     gthread); the keep-alive floors, on Depot's own worker, are stricter."""
-    depot, depot_sync = servers["depot"], servers["depot-sync"]
+    depot, depot_sync, batched = servers["depot"], servers["depot-sync"], servers["depot-batched"]
     on_pg = servers.get("depot-postgres")
     floors = [servers["floor"], servers["floor-sync"]]
     keepalive, model_floor = servers["floor-keepalive"], servers["model-floor"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
     lines = [
         "| model | rows | conc | Depot rps | p50 ms | p99 ms | Depot on PostgreSQL rps "
-        "(PostgreSQL/SQLite) | Depot sync worker rps | "
+        "(PostgreSQL/SQLite) | Depot sync worker rps | Depot batched rps (p99) | "
         "MLServer rps (p99) | MLServer fastest rps (p99) | floor rps (sync/gthread best) | "
         "composite floor | keep-alive floor rps | model floor rps | "
-        "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor | "
+        "batched/model floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         d = depot.results[case]
@@ -356,6 +371,8 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         pg = on_pg.results.get(case) if on_pg else None
         row.append(f"{pg['rps']:.0f} ({pg['rps'] / d['rps']:.2f})" if pg and d["rps"] else "-")
         row.append(f"{depot_sync.results[case]['rps']:.0f}")
+        b = batched.results[case]
+        row.append(f"{b['rps']:.0f} ({b['p99']:.1f})")
         for peer in (ml, fast):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
@@ -367,6 +384,7 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
             row.append(f"{d['rps'] / p['rps']:.2f}x" if p and p["rps"] else "-")
         row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
         row.append(f"{d['rps'] / mf:.2f}" if mf else "-")
+        row.append(f"{b['rps'] / mf:.2f}" if mf else "-")
         bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
         if bad:
             row[-1] += f" ({bad} bad replies)"
@@ -405,6 +423,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
         "depot": depot_server("depot (1 worker)", args.home, 1),
         "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
                                    "-k", "sync"),
+        "depot-batched": depot_server("depot, max_batch_size 16 (1 worker)", args.home, 1,
+                                      models=batched_models(args.home)),
         **({"depot-postgres": depot_server("depot on PostgreSQL (1 worker)", args.home, 1,
                                            state_url=state_url)} if state_url else {}),
         "floor": Server("floor gthread (1 worker)",

@@ -71,6 +71,10 @@ class Runtime:
         self.signatures: dict[str, tuple[str, list[int]]] = {}
         #: class labels by index, for the classification extension
         self.labels: list[Any] | None = None
+        #: requests whose stacked rows one predict() may answer (the model's
+        #: max_batch_size, set by the server): only for a model that
+        #: predicts each row as it would alone
+        self.max_batch_size = 0
 
     def load(self) -> None:
         raise NotImplementedError
