@@ -153,7 +153,7 @@ def infer_response(row: Row, req: codec.InferenceRequest, results: dict[str, Any
     binary = frozenset(o.name for o in req.outputs if o.binary) if req.outputs else \
         frozenset(results) if req.binary_output else frozenset()
     payload, json_length = codec.encode_response(row.name, row.version, req.id, results, binary)
-    response = Response(payload, mimetype="application/json")
+    response = Response(payload, content_type="application/json")
     if json_length is not None:
         response.mimetype = "application/octet-stream"
         response.headers["Inference-Header-Content-Length"] = str(json_length)

@@ -41,14 +41,14 @@ DATATYPES: dict[np.dtype, str] = {v: k for k, v in DTYPES.items() if k != "BYTES
 MAX_ELEMENTS = 1 << 28  # far above any body limit; stops shape-only memory bombs
 
 
-@dataclass
+@dataclass(slots=True)
 class Tensor:
     name: str
     array: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferenceRequest:
     id: str
     inputs: list[Tensor]
@@ -191,6 +191,9 @@ class _Binary:
                              "data that no input's 'binary_data_size' accounts for")
 
 
+_NO_BINARY = _Binary(None)  # a request without binary data: shared, as nothing moves its offset
+
+
 def decode_input(raw: Any, binary: _Binary) -> Tensor:
     if not isinstance(raw, dict):
         raise BadRequest("each input must be a JSON object")
@@ -252,7 +255,7 @@ os.register_at_fork(after_in_child=_new_id_prefix)  # each worker draws its own
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
     """A V2 request; with ``header_length`` (the Inference-Header-Content-Length
     header) the JSON is followed by the binary tensor data."""
-    binary = _Binary(None)
+    binary = _NO_BINARY
     if header_length is not None:
         if header_length <= 0:
             raise BadRequest("Inference-Header-Content-Length must give the JSON header's "

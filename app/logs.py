@@ -66,7 +66,7 @@ class JsonFormatter(logging.Formatter):
 class JsonLogger(Logger):
     """gunicorn's logger, writing JSON lines."""
 
-    #: access lines held until the worker next waits, at most
+    #: requests whose access lines are held until the worker next waits, at most
     HELD_LINES = 64
 
     def setup(self, cfg: Any) -> None:
@@ -74,44 +74,45 @@ class JsonLogger(Logger):
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(JsonFormatter())
-        self._held: list[str] = []
+        self._logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict)
+        self._held: list[tuple] = []
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
-        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.logconfig_dict):
+        """One line a request. On Depot's worker (HOLDS_WRITES) only its
+        values are kept here; the lines are made and written once the
+        answer is out, in one write for every request served meanwhile."""
+        if not self._logs_access:
             return
-        method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
-        status = int(str(resp.status).split()[0])
-        fields = {
-            "type": "access",
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "model": environ.get("depot.model"),
-            "request_id": environ.get("depot.request_id"),
-            "worker_pid": os.getpid(),
-            "remote": environ.get("REMOTE_ADDR"),
-        }
-        if not all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers):
-            self.access_log.info("%s %s %s", method, path, status, extra=fields)
-            return
-        # One line a request, the line logging would write, made at a third
-        # of the cost; held, if the worker says so, until it next waits (the
-        # answer goes first, and one write carries a burst's lines).
-        line = orjson.dumps({"time": _timestamp(time.time()), "level": "info",
-                             "logger": self.access_log.name, "pid": fields["worker_pid"],
-                             "message": f"{method} {path} {status}", **fields},
-                            default=str).decode() + "\n"
-        self._held.append(line)
+        self._held.append((time.time(), environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                           resp.status, request_time, environ.get("depot.model"),
+                           environ.get("depot.request_id"), environ.get("REMOTE_ADDR")))
         if not environ.get(HOLDS_WRITES) or len(self._held) >= self.HELD_LINES:
             self.write_held()
 
     def write_held(self) -> None:
-        """Write the access lines held back, in one write per handler."""
-        if not self._held:
-            return
+        """Write the access lines held back: the line logging would write,
+        made at a third of its cost, straight to gunicorn's streams; or
+        through logging, if it has handlers of other kinds."""
         held, self._held = self._held, []  # what another thread adds goes in the next
-        lines = "".join(held)
-        for handler in self.access_log.handlers:
-            with handler.lock:
-                _write(handler.stream, lines)
+        if not held:
+            return
+        pid = os.getpid()
+        plain = all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers)
+        lines = []
+        for when, method, path, status, took, model, request_id, remote in held:
+            code = int(str(status).split()[0])
+            fields = {"type": "access", "method": method, "path": path, "status": code,
+                      "duration_ms": round(took.total_seconds() * 1000, 3), "model": model,
+                      "request_id": request_id, "worker_pid": pid, "remote": remote}
+            message = f"{method} {path} {code}"
+            if not plain:
+                self.access_log.info(message, extra=fields)
+                continue
+            lines.append(orjson.dumps({"time": _timestamp(when), "level": "info",
+                                       "logger": self.access_log.name, "pid": pid,
+                                       "message": message, **fields}, default=str).decode())
+        if lines:
+            text = "\n".join(lines) + "\n"
+            for handler in self.access_log.handlers:
+                with handler.lock:
+                    _write(handler.stream, text)

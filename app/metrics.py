@@ -18,7 +18,6 @@ import fcntl
 import logging
 import os
 import struct
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -80,10 +79,9 @@ class Metrics:
                                  "Load and unload calls, by outcome.", ("model", "action", "outcome"),
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
         self._children: dict[tuple[str, str], tuple] = {}
-        #: counts not yet written, by label set, and since when
-        self._unwritten: dict[tuple, _Counts] = {}
+        #: requests counted but not yet written, and since when
+        self._unwritten: list[tuple] = []
         self._unwritten_since = 0.0
-        self._lock = threading.Lock()
         #: False once this process could not reserve its files: it counts nothing
         self.counting = True
 
@@ -129,23 +127,27 @@ class Metrics:
         write serves a burst of requests. A scrape of this process writes
         what it holds first; another process sees them microseconds after
         the answer."""
-        now = time.monotonic()
-        with self._lock:
-            counts = self._unwritten.get(children)
-            if counts is None:
-                counts = self._unwritten[children] = _Counts()
-                if len(self._unwritten) == 1:
-                    self._unwritten_since = now
-            counts.add(seconds, rows, phases, ok, executions)
-            due = not hold or now - self._unwritten_since >= WRITE_EVERY
-        if due:
+        unwritten = self._unwritten
+        if not unwritten:
+            self._unwritten_since = time.monotonic()
+        # the request's numbers as they are: summed when written, in one
+        # loop for the burst, after the answers
+        unwritten.append((children, seconds, rows, phases, ok, executions, time.time()))
+        if not hold or time.monotonic() - self._unwritten_since >= WRITE_EVERY:
             self.write()
 
     def write(self) -> None:
-        """Write the unwritten counts to this process's files."""
-        with self._lock:
-            unwritten, self._unwritten = self._unwritten, {}
-        for children, counts in unwritten.items():
+        """Write the unwritten counts to this process's files. (Threads
+        may count meanwhile: what they add after the swap is the next
+        write's.)"""
+        unwritten, self._unwritten = self._unwritten, []
+        totals: dict[tuple, _Counts] = {}
+        for children, *numbers in unwritten:
+            counts = totals.get(children)
+            if counts is None:
+                counts = totals[children] = _Counts()
+            counts.add(*numbers)
+        for children, counts in totals.items():
             counts.write(children)
 
     def control_call(self, model: str, action: str, seconds: float, ok: bool) -> None:
@@ -380,7 +382,7 @@ class _Counts:
         self.phases = [0.0] * len(PHASES)
 
     def add(self, seconds: float, rows: int, phases: list[float], ok: bool,
-            executions: int) -> None:
+            executions: int, when: float) -> None:
         if not ok:
             self.failed += 1
             self.failed_seconds += seconds
@@ -392,7 +394,7 @@ class _Counts:
         self.executions += executions
         for i, spent in enumerate(phases):
             self.phases[i] += spent
-        self.last = time.time()
+        self.last = max(self.last, when)
 
     def write(self, children: tuple) -> None:
         """One write per number, however many requests it sums. The

@@ -91,11 +91,14 @@ MAX_BATCH = 64
 #: call, and a larger group would only hold back its first answers (measured:
 #: p99 rose 20-40% when 64-row requests were grouped by 16)
 MAX_BATCH_BYTES = 16 << 10
-#: the environ key that tells the app this worker calls ``on_idle`` before
-#: it waits for requests: what the app writes for each request (counts, log
-#: lines) may be held until then, after the answer is sent, and written once
-#: for every request served in the meantime
+#: the environ key that tells the app this worker calls ``on_idle`` once it
+#: has been idle for IDLE_WRITE seconds: what the app writes for each
+#: request (counts, log lines) may be held until then, off the answer's
+#: path, and written once for every request served in the meantime
 HOLDS_WRITES = "depot.holds_writes"
+#: seconds without a request before a worker writes what it holds; a
+#: client that sends one request at a time sends the next sooner
+IDLE_WRITE = 0.001
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # gunicorn's parse errors that are not a plain 400.
@@ -296,8 +299,9 @@ class KeepAliveWorker(base.Worker):
     #: new request (gunicorn.conf.py sets them)
     on_retiring: Callable[[], None] | None = None
     on_quiet: Callable[[], None] | None = None
-    #: called before the worker waits for requests, having none waiting:
-    #: what the app held back (HOLDS_WRITES) is written then
+    #: called once the worker has had nothing to do for IDLE_WRITE seconds
+    #: since it last served: what the app held back (HOLDS_WRITES) is
+    #: written then
     on_idle: Callable[[], None] | None = None
     #: how many requests for a path one model call may answer (below 2:
     #: none are grouped); see :meth:`batch_mates` and app/batching.py
@@ -339,7 +343,9 @@ class KeepAliveWorker(base.Worker):
         self.finished: queue.SimpleQueue[tuple[Connection, bool]] = queue.SimpleQueue()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
+        self.unwritten = False  # served since on_idle was last called
         self.batch_pool: ThreadPoolExecutor | None = None  # made on first use
+        self.batch_limits: dict[bytes, tuple[float, int]] = {}  # request line -> (until, limit)
         super().init_process()
 
     def run(self) -> None:
@@ -381,12 +387,17 @@ class KeepAliveWorker(base.Worker):
         and serve the oldest whole request, waiting up to ``timeout``
         seconds for something to do."""
         self.notify()
-        if not self.waiting and self.on_idle is not None:
-            self.on_idle()
         now = time.monotonic()
         wait = 0 if self.waiting else max(0.0, min(timeout, self.next_sweep - now))
+        if self.unwritten:
+            wait = min(wait, IDLE_WRITE)
+        ready = self.poller.poll(wait)
+        if self.unwritten and not ready and not self.waiting:
+            self.unwritten = False
+            if self.on_idle is not None:
+                self.on_idle()
         pending = []
-        for fd, events in self.poller.poll(wait):
+        for fd, events in ready:
             conn = self.connections.get(fd)
             if conn is not None:
                 self.on_events(conn, events)
@@ -559,6 +570,7 @@ class KeepAliveWorker(base.Worker):
         self.accept_paused_until = time.monotonic() + DESCRIPTOR_BACKOFF
 
     def serve(self, conn: Connection) -> None:
+        self.unwritten = self.on_idle is not None
         data, framed = conn.take_request()
         req = self.parse(conn, data)
         if req is None:
@@ -587,7 +599,9 @@ class KeepAliveWorker(base.Worker):
         path = line.split(b" ", 2)[1].split(b"?", 1)[0]
         if not path.endswith(b"/infer"):
             return []
-        limit = min(self.batch_limit(path.decode("latin-1")), MAX_BATCH)
+        limit = self.batch_limit_of(line, path)
+        if limit < 2:
+            return []
         mates: list[Connection] = []
         room = MAX_BATCH_BYTES - conn.framed.length if conn.framed else 0
         for other in self.waiting:
@@ -600,11 +614,27 @@ class KeepAliveWorker(base.Worker):
             del self.waiting[other]
         return mates
 
+    def batch_limit_of(self, line: bytes, path: bytes) -> int:
+        """The app's batch limit for a request line, asked at most once a
+        second (the answer is a registry lookup; a load's new limit
+        applies within the second, and no answer depends on it)."""
+        now = time.monotonic()
+        known = self.batch_limits.get(line)
+        if known is not None and known[0] > now:
+            return known[1]
+        if len(self.batch_limits) >= 1024:  # clients choose the paths
+            self.batch_limits.clear()
+        assert self.batch_limit is not None
+        limit = min(self.batch_limit(path.decode("latin-1")), MAX_BATCH)
+        self.batch_limits[line] = (now + 1.0, limit)
+        return limit
+
     def serve_together(self, conns: list[Connection]) -> None:
         """Serve requests for one model at once, each through the app in a
         thread of its own (the first in this one), with a seat in one
         batch, where their inputs meet for one model call; then answer
         them in order."""
+        self.unwritten = self.on_idle is not None
         jobs = []
         for conn in conns:
             data, framed = conn.take_request()
@@ -649,6 +679,7 @@ class KeepAliveWorker(base.Worker):
             conn, keep = self.finished.get()
             self.background.discard(conn)
             conn.busy_since = 0.0
+            self.unwritten = self.on_idle is not None  # its access line is held
             if conn.sock.fileno() >= 0:
                 self.answered(conn, keep)
 

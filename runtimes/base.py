@@ -71,10 +71,6 @@ class Runtime:
         self.signatures: dict[str, tuple[str, list[int]]] = {}
         #: class labels by index, for the classification extension
         self.labels: list[Any] | None = None
-        #: requests whose stacked rows one predict() may answer (the model's
-        #: max_batch_size, set by the server): only for a model that
-        #: predicts each row as it would alone
-        self.max_batch_size = 0
 
     def load(self) -> None:
         raise NotImplementedError
@@ -91,12 +87,15 @@ class Runtime:
     def infer(self, x: Any, requested: list[RequestedOutput]) -> dict[str, np.ndarray]:
         """Check the request against what this model takes, then predict.
         Whatever the model raises about an input is the client's 400."""
-        self.check_outputs([o.name for o in requested])
+        if requested:
+            self.check_outputs([o.name for o in requested])
+            wanted = [self.scores_for(o) for o in requested]
+        else:
+            wanted = [self.default_output]
         if isinstance(x, np.ndarray):
             x = self.input_array(x)
-        wanted = [self.scores_for(o) for o in requested] or [self.default_output]
         try:
-            raw = self.predict(x, list(dict.fromkeys(wanted)))
+            raw = self.predict(x, list(dict.fromkeys(wanted)) if requested else wanted)
         except InputRejected:
             raise
         except Exception as e:

@@ -156,13 +156,7 @@ def test_a_burst_on_one_worker_is_counted_and_logged_exactly(make_server, mushro
         assert [r[0] for r in replies] == [200] * 16
         assert all(json.loads(r[2])["id"] == "burst" for r in replies)
 
-        def written() -> float:  # the files, as any other worker reads them
-            from prometheus_client.multiprocess import MultiProcessCollector
-            collected = MultiProcessCollector(None, path=str(server.state / "metrics")).collect()
-            return sum(s.value for f in collected for s in f.samples
-                       if s.name == "depot_inference_rows_total")
-
-        wait_until(lambda: written() == 48, timeout=10)
+        wait_until(lambda: written_rows(server) == 48, timeout=10)
 
         def burst_lines() -> list[dict]:
             return [line for line in server.json_log() if line.get("request_id") == "burst"]
@@ -171,3 +165,22 @@ def test_a_burst_on_one_worker_is_counted_and_logged_exactly(make_server, mushro
         xgb = stats_of(server)[(XGB, "v0.1.0")]
         assert (xgb["execution_count"], xgb["inference_count"]) == (16, 48)
         assert [line["status"] for line in burst_lines()] == [200] * 16
+
+
+def test_a_lone_request_is_written_once_its_worker_is_idle(make_server, mushrooms):
+    """Nothing comes after it to write what its worker holds: the worker
+    writes it itself, a moment after the answer."""
+    with make_server(workers=2) as server:
+        assert fresh(server, XGB, v2_body(mushrooms[:2])).status_code == 200
+        wait_until(lambda: written_rows(server) == 2, timeout=5)
+        r = fresh(server, XGB, v2_body(mushrooms[:3]))  # on a new connection: its first request
+        assert r.status_code == 200
+        wait_until(lambda: written_rows(server) == 5, timeout=5)
+
+
+def written_rows(server) -> float:
+    """The rows counted in the metrics files, as any other worker reads them."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+    collected = MultiProcessCollector(None, path=str(server.state / "metrics")).collect()
+    return sum(s.value for f in collected for s in f.samples
+               if s.name == "depot_inference_rows_total")
