@@ -2,8 +2,10 @@
 
 usage: python bench/bench.py [--duration S] [--warmup S] [--home DIR] [--skip-mlserver]
 
-Every server runs pinned to CPU 0 and wrk to CPU 1, one server at a time, on
-the bundled models with generated request bodies (1 and 64 rows). For each
+Every server runs pinned to CPU 0 and wrk to CPU 1, on the bundled models
+with generated request bodies (1 and 64 rows). Each starts alone first, for
+its cold start and memory; then all run at once and take turns case by case,
+a few seconds each, so that the machine's drift is shared. For each
 case it prints rps, p50 and p99, and the ratios that matter: Depot against
 MLServer (its defaults, and ``parallel_workers=0``, its fastest) and against
 the composite floor 1 / (1/transport-floor rps + in-process time). It also
@@ -182,23 +184,59 @@ def wrk(url: str, body: Path, conc: int, seconds: float) -> dict:
             "bad": int(fields["non200"]) + int(fields["errors"])}
 
 
-def measure(server: Server, samples: Path, home: Path, args: argparse.Namespace) -> None:
-    print(f"# {server.label}", flush=True)
+def alone(server: Server, samples: Path, home: Path) -> None:
+    """Cold start, and peak PSS over a second of each case, with no other
+    server running (PSS splits pages shared with other processes)."""
+    print(f"# {server.label}: cold start and memory", flush=True)
     proc = start(server, home / f"{server.label.replace(' ', '_')}.log")
     try:
         peak = pss_mb(proc.pid)
         for model, rows, conc in CASES:
-            url = f"http://127.0.0.1:{PORT}/v2/models/{model}/infer"
-            body = samples / f"{model}-{rows}.json"
-            wrk(url, body, conc, args.warmup)
-            server.results[(model, rows, conc)] = wrk(url, body, conc, args.duration)
+            wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer",
+                samples / f"{model}-{rows}.json", conc, 1)
             peak = max(peak, pss_mb(proc.pid))
-            r = server.results[(model, rows, conc)]
-            print(f"#   {model} rows={rows} conc={conc}: {r['rps']:.0f} rps, "
-                  f"p99 {r['p99']:.2f} ms, bad {r['bad']}", flush=True)
         server.pss_mb = peak
     finally:
         stop(proc)
+
+
+def interleaved(servers: list[Server], samples: Path, home: Path,
+                args: argparse.Namespace) -> None:
+    """Throughput and latency with every server running (each on its port,
+    all on the server CPU), case by case, the servers taking turns in
+    ``args.rounds`` short runs each: this machine's speed drifts by tens of
+    percent over minutes, and turns a few seconds apart share the drift, so
+    the ratios between servers hold."""
+    procs = []
+    try:
+        for server in servers:
+            cold = server.cold_start
+            procs.append(start(server, home / f"{server.label.replace(' ', '_')}-turns.log"))
+            server.cold_start = cold  # the one measured alone
+        for model, rows, conc in CASES:
+            body = samples / f"{model}-{rows}.json"
+            runs: dict[str, list[dict]] = {s.label: [] for s in servers}
+            for server in servers:
+                wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
+                    args.warmup)
+            for _ in range(args.rounds):
+                for server in servers:
+                    runs[server.label].append(wrk(
+                        f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
+                        args.duration / args.rounds))
+            for server in servers:
+                got = runs[server.label]
+                server.results[(model, rows, conc)] = {
+                    "rps": statistics.fmean(r["rps"] for r in got),
+                    "p50": statistics.median(r["p50"] for r in got),
+                    "p99": statistics.median(r["p99"] for r in got),
+                    "bad": sum(r["bad"] for r in got)}
+                r = server.results[(model, rows, conc)]
+                print(f"#   {server.label}: {model} rows={rows} conc={conc}: {r['rps']:.0f} rps, "
+                      f"p99 {r['p99']:.2f} ms, bad {r['bad']}", flush=True)
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 # -- Depot-only measurements ------------------------------------------------------------
@@ -217,13 +255,15 @@ def depot_server(label: str, home: Path, workers: int, *extra: str,
                                      "--workers", str(workers), *extra], env=env, port=port)
 
 
-def batched_models(home: Path, size: int = 16) -> Path:
-    """The bundled models with ``max_batch_size`` in their settings."""
-    models = home / "batched-models"
+def batched_models(home: Path, name: str = "batched-models", **settings: float) -> Path:
+    """The bundled models with ``settings`` (``max_batch_size`` 16 unless
+    given) added to their model-settings.json."""
+    models = home / name
     shutil.rmtree(models, ignore_errors=True)
     shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py"))
     for path in models.glob("*/model-settings.json"):
-        path.write_text(json.dumps({**json.loads(path.read_text()), "max_batch_size": size}))
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_batch_size": 16,
+                                    **settings}))
     return models
 
 
@@ -353,14 +393,15 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     floors = [servers["floor"], servers["floor-sync"]]
     keepalive, model_floor = servers["floor-keepalive"], servers["model-floor"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
+    ml_batched = servers.get("mlserver-batched")
     lines = [
         "| model | rows | conc | Depot rps | p50 ms | p99 ms | Depot on PostgreSQL rps "
         "(PostgreSQL/SQLite) | Depot sync worker rps | Depot batched rps (p99) | "
-        "MLServer rps (p99) | MLServer fastest rps (p99) | floor rps (sync/gthread best) | "
-        "composite floor | keep-alive floor rps | model floor rps | "
-        "Depot/MLServer | Depot/MLServer fastest | Depot/composite | Depot/model floor | "
-        "batched/model floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MLServer rps (p99) | MLServer fastest rps (p99) | MLServer batched rps (p99) | "
+        "floor rps (sync/gthread best) | composite floor | keep-alive floor rps | "
+        "model floor rps | Depot/MLServer | Depot/MLServer fastest | Depot/composite | "
+        "Depot/model floor | batched/model floor | batched/MLServer batched |",
+        "|" + "---|" * 22,
     ]
     for case in CASES:
         d = depot.results[case]
@@ -373,7 +414,7 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         row.append(f"{depot_sync.results[case]['rps']:.0f}")
         b = batched.results[case]
         row.append(f"{b['rps']:.0f} ({b['p99']:.1f})")
-        for peer in (ml, fast):
+        for peer in (ml, fast, ml_batched):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
         mf = model_floor.results[case]["rps"]
@@ -385,6 +426,8 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
         row.append(f"{d['rps'] / mf:.2f}" if mf else "-")
         row.append(f"{b['rps'] / mf:.2f}" if mf else "-")
+        mb = ml_batched.results.get(case) if ml_batched else None
+        row.append(f"{b['rps'] / mb['rps']:.2f}x" if mb and mb["rps"] else "-")
         bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
         if bad:
             row[-1] += f" ({bad} bad replies)"
@@ -398,8 +441,10 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)  # whole seconds, as wrk takes
+    parser.add_argument("--duration", type=float, default=6.0,
+                        help="seconds of load per server and case, in --rounds turns")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=1.0)  # whole seconds, as wrk takes
     parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--skip-postgres", action="store_true")
@@ -417,38 +462,53 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     make_samples(samples)
     mlserver = None if args.skip_mlserver else ensure_mlserver(args.home)
 
-    floor = ["-w", "1", "--bind", f"127.0.0.1:{PORT}", "--no-control-socket", "floor_app:app"]
+    def floor(port: int, app: str = "floor_app:app") -> list[str]:
+        return ["-w", "1", "--bind", f"127.0.0.1:{port}", "--no-control-socket", app]
+
     keepalive = ["-k", "app.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
     servers = {
-        "depot": depot_server("depot (1 worker)", args.home, 1),
+        "depot": depot_server("depot (1 worker)", args.home, 1, port=PORT),
         "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
-                                   "-k", "sync"),
+                                   "-k", "sync", port=PORT + 1),
         "depot-batched": depot_server("depot, max_batch_size 16 (1 worker)", args.home, 1,
-                                      models=batched_models(args.home)),
+                                      models=batched_models(args.home), port=PORT + 2),
         **({"depot-postgres": depot_server("depot on PostgreSQL (1 worker)", args.home, 1,
-                                           state_url=state_url)} if state_url else {}),
+                                           state_url=state_url, port=PORT + 3)}
+           if state_url else {}),
         "floor": Server("floor gthread (1 worker)",
-                        GUNICORN + ["-k", "gthread", "--threads", "4", *floor], cwd=BENCH),
-        "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor], cwd=BENCH),
+                        GUNICORN + ["-k", "gthread", "--threads", "4", *floor(PORT + 4)],
+                        cwd=BENCH, port=PORT + 4),
+        "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor(PORT + 5)],
+                             cwd=BENCH, port=PORT + 5),
         "floor-keepalive": Server("floor, Depot's keep-alive worker (1 worker)",
-                                  GUNICORN + [*keepalive, *floor], cwd=BENCH),
+                                  GUNICORN + [*keepalive, *floor(PORT + 6)], cwd=BENCH,
+                                  port=PORT + 6),
         "model-floor": Server("model floor, Depot's keep-alive worker (1 worker)",
-                              GUNICORN + [*keepalive, *floor[:-1], "model_floor_app:app"],
-                              cwd=BENCH),
+                              GUNICORN + [*keepalive, *floor(PORT + 7, "model_floor_app:app")],
+                              cwd=BENCH, port=PORT + 7),
     }
     if mlserver:
         models = args.home / "mlserver-models"
         shutil.rmtree(models, ignore_errors=True)
         shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py"))
-        ports = {"MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_GRPC_PORT": "8081",
-                 "MLSERVER_METRICS_PORT": "8082"}
-        # run from the scratch folder: MLServer writes .envs/ and .metrics/ where it starts
-        servers["mlserver"] = Server("MLServer 1.7.1 default", [str(mlserver), "start", str(models)],
-                                     env=ports, cwd=args.home)
-        servers["mlserver-fastest"] = Server("MLServer 1.7.1 parallel_workers=0",
-                                             [str(mlserver), "start", str(models)],
-                                             env={**ports, "MLSERVER_PARALLEL_WORKERS": "0"},
-                                             cwd=args.home)
+        def ports(http: int) -> dict[str, str]:
+            return {"MLSERVER_HTTP_PORT": str(http), "MLSERVER_GRPC_PORT": str(http + 100),
+                    "MLSERVER_METRICS_PORT": str(http + 200)}
+
+        # each runs from a scratch folder of its own: MLServer writes .envs/
+        # and .metrics/ where it starts
+        # its adaptive batching waits up to max_batch_time for more requests
+        batched = batched_models(args.home, "mlserver-batched-models", max_batch_time=0.002)
+        for key, label, port, folder, extra in (
+                ("mlserver", "MLServer 1.7.1 default", PORT + 8, models, {}),
+                ("mlserver-fastest", "MLServer 1.7.1 parallel_workers=0", PORT + 9, models,
+                 {"MLSERVER_PARALLEL_WORKERS": "0"}),
+                ("mlserver-batched", "MLServer 1.7.1 parallel_workers=0, max_batch_size 16, "
+                 "max_batch_time 2 ms", PORT + 10, batched, {"MLSERVER_PARALLEL_WORKERS": "0"})):
+            scratch = args.home / key
+            scratch.mkdir(exist_ok=True)
+            servers[key] = Server(label, [str(mlserver), "start", str(folder)],
+                                  env={**ports(port), **extra}, cwd=scratch, port=port)
     saved = args.home / "results.json"
     if args.reuse:
         for key, found in json.loads(saved.read_text()).items():
@@ -456,7 +516,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             servers[key].results = {tuple(json.loads(c)): r for c, r in found["results"].items()}
     else:
         for server in servers.values():
-            measure(server, samples, args.home, args)
+            alone(server, samples, args.home)
+        interleaved(list(servers.values()), samples, args.home, args)
         saved.write_text(json.dumps({key: {
             "cold_start": s.cold_start, "pss_mb": s.pss_mb,
             "results": {json.dumps(c): r for c, r in s.results.items()}}
