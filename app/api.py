@@ -164,16 +164,16 @@ def infer_response(row: Row, req: codec.InferenceRequest, results: dict[str, Any
     return response
 
 
-def request_body(environ: dict[str, Any] | None = None, limit: int | None = None) -> bytes:
+def request_body(environ: dict[str, Any], limit: int | None) -> bytes:
     """The whole body. A client that stops sending it mid-way (the worker's
     socket timeout, or a close) gets a 408 that ends the connection, rather
     than werkzeug's generic 400 and a wait to drain what never comes.
 
-    With ``environ`` and ``limit`` (the hot route), a body of known length
-    is read from ``wsgi.input`` in one call: what ``request.get_data()``
-    does through its stream wrappers, at a fifth of the cost, with the same
-    413 past the limit. Chunked bodies take werkzeug's way."""
-    length = environ.get("CONTENT_LENGTH") if environ is not None else None
+    A body of known length is read from ``wsgi.input`` in one call: what
+    ``request.get_data()`` does through its stream wrappers, at a fifth of
+    the cost, with the same 413 past ``limit``. A chunked body takes
+    werkzeug's way."""
+    length = environ.get("CONTENT_LENGTH")
     if length and length.isdecimal():
         size = int(length)
         if limit is not None and size > limit:
@@ -231,7 +231,8 @@ def control_body() -> dict[str, Any]:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             raise Unauthorized("repository calls need 'Authorization: Bearer <DEPOT_API_KEY>'")
-    return codec.parse_object(request_body())
+    return codec.parse_object(request_body(request.environ,
+                                           current_app.config["MAX_CONTENT_LENGTH"]))
 
 
 @bp.post("/v2/repository/index")
