@@ -26,26 +26,35 @@ _PLAIN_STREAMS = (logging.StreamHandler, logging.FileHandler)
 
 
 def _timestamp(created: float) -> str:
-    second = int(created)
+    millis = int(created * 1000)
+    second = millis // 1000
     if second != _second[0]:  # strftime once a second, not once a line
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{int(created * 1000) % 1000:03d}Z"
+    return _second[1] + _MILLIS[millis % 1000]
 
 
 _second: list = [None, ""]
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
-def _write(stream: Any, line: str) -> None:
-    """One line, in one write to the stream's file (what the handler's own
+def _milliseconds(took: Any) -> float:
+    """A timedelta in milliseconds, to the microsecond: its whole number of
+    microseconds over 1000 is the float nearest that decimal, which prints as
+    it (round(..., 3) costs five times as much)."""
+    return ((took.days * 86400 + took.seconds) * 1_000_000 + took.microseconds) / 1000
+
+
+def _write(stream: Any, lines: bytes) -> None:
+    """Lines, in one write to the stream's file (what the handler's own
     write and flush make, without the text layer), or through the stream."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        stream.write(line)
+        stream.write(lines.decode())
         stream.flush()
         return
     stream.flush()  # whatever the handler buffered goes first
-    os.write(fd, line.encode())
+    os.write(fd, lines)
 
 
 class JsonFormatter(logging.Formatter):
@@ -97,22 +106,27 @@ class JsonLogger(Logger):
         if not held:
             return
         pid = os.getpid()
-        plain = all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers)
+        name = self.access_log.name
+        if not all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers):
+            for when, method, path, status, took, model, request_id, remote in held:
+                code = int(str(status)[:3])
+                self.access_log.info(f"{method} {path} {code}", extra={
+                    "type": "access", "method": method, "path": path, "status": code,
+                    "duration_ms": _milliseconds(took), "model": model,
+                    "request_id": request_id, "worker_pid": pid, "remote": remote})
+            return
         lines = []
         for when, method, path, status, took, model, request_id, remote in held:
-            code = int(str(status).split()[0])
-            fields = {"type": "access", "method": method, "path": path, "status": code,
-                      "duration_ms": round(took.total_seconds() * 1000, 3), "model": model,
-                      "request_id": request_id, "worker_pid": pid, "remote": remote}
-            message = f"{method} {path} {code}"
-            if not plain:
-                self.access_log.info(message, extra=fields)
-                continue
-            lines.append(orjson.dumps({"time": _timestamp(when), "level": "info",
-                                       "logger": self.access_log.name, "pid": pid,
-                                       "message": message, **fields}, default=str).decode())
-        if lines:
-            text = "\n".join(lines) + "\n"
-            for handler in self.access_log.handlers:
-                with handler.lock:
-                    _write(handler.stream, text)
+            code = int(str(status)[:3])  # "200 OK"
+            # the keys JsonFormatter would write, in its order, made in one dict
+            lines.append(orjson.dumps({
+                "time": _timestamp(when), "level": "info", "logger": name, "pid": pid,
+                "message": f"{method} {path} {code}", "type": "access", "method": method,
+                "path": path, "status": code,
+                "duration_ms": _milliseconds(took), "model": model,
+                "request_id": request_id, "worker_pid": pid, "remote": remote}, default=str))
+        lines.append(b"")
+        text = b"\n".join(lines)
+        for handler in self.access_log.handlers:
+            with handler.lock:
+                _write(handler.stream, text)

@@ -51,6 +51,10 @@ MLSERVER_PINS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "mlserver-xgboost
                  "uvloop<0.22", "scikit-learn==1.9.1", "xgboost==3.2.0", "numpy==2.4.6"]
 SERVER_CPU, LOAD_CPU = "0", "1"
 PORT = 8080
+#: the order the servers take turns in: the ratios that matter most are
+#: between neighbours
+TURNS = ("depot", "model-floor", "mlserver-fastest", "depot-batched", "mlserver-batched",
+         "depot-postgres", "depot-sync", "floor-keepalive", "floor", "floor-sync", "mlserver")
 
 
 @dataclass
@@ -219,15 +223,18 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
             for server in servers:
                 wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
                     args.warmup)
-            for _ in range(args.rounds):
-                for server in servers:
+            for turn in range(args.rounds):
+                # forward, then backward: no server always goes first (and
+                # meets what the one before left), and neighbours in the list
+                # (Depot and the model floor) always run seconds apart
+                for server in servers if turn % 2 == 0 else servers[::-1]:
                     runs[server.label].append(wrk(
                         f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
                         args.duration / args.rounds))
             for server in servers:
                 got = runs[server.label]
                 server.results[(model, rows, conc)] = {
-                    "rps": statistics.fmean(r["rps"] for r in got),
+                    "rps": statistics.median(r["rps"] for r in got),
                     "p50": statistics.median(r["p50"] for r in got),
                     "p99": statistics.median(r["p99"] for r in got),
                     "bad": sum(r["bad"] for r in got)}
@@ -443,7 +450,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0,
                         help="seconds of load per server and case, in --rounds turns")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=float, default=1.0)  # whole seconds, as wrk takes
     parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
     parser.add_argument("--skip-mlserver", action="store_true")
@@ -517,7 +524,7 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     else:
         for server in servers.values():
             alone(server, samples, args.home)
-        interleaved(list(servers.values()), samples, args.home, args)
+        interleaved([servers[k] for k in TURNS if k in servers], samples, args.home, args)
         saved.write_text(json.dumps({key: {
             "cold_start": s.cold_start, "pss_mb": s.pss_mb,
             "results": {json.dumps(c): r for c, r in s.results.items()}}

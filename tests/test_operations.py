@@ -129,6 +129,40 @@ def test_log_lines_are_json(make_server, digits):
         assert unload["reason"] == "unloaded" and unload["level"] == "info"
 
 
+def test_held_access_lines_are_what_the_formatter_writes(tmp_path):
+    """In-process: lines made in a burst by write_held have the formatter's
+    keys, its time format and the duration to the microsecond."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from app.logs import JsonLogger
+    from app.worker import HOLDS_WRITES
+
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    logger = JsonLogger(cfg)
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": '/v2/models/a"b/infer',
+               "REMOTE_ADDR": "127.0.0.1", "depot.model": 'a"b', "depot.request_id": "r1",
+               HOLDS_WRITES: True}
+    for micros in (1, 999_999, 86_400_123_456):
+        logger.access(SimpleNamespace(status="404 Not Found"), None, environ,
+                      timedelta(microseconds=micros))
+    assert not (tmp_path / "access.log").read_text()  # held until written
+    logger.write_held()
+    lines = [orjson.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    assert [line["duration_ms"] for line in lines] == [0.001, 999.999, 86400123.456]
+    first = lines[0]
+    assert list(first) == ["time", "level", "logger", "pid", "message", "type", "method",
+                           "path", "status", "duration_ms", "model", "request_id",
+                           "worker_pid", "remote"]
+    assert first["message"] == 'POST /v2/models/a"b/infer 404' and first["status"] == 404
+    assert first["model"] == 'a"b' and first["pid"] == first["worker_pid"] == os.getpid()
+    assert time.strptime(first["time"][:19], "%Y-%m-%dT%H:%M:%S")
+    assert first["time"][19] == "." and first["time"][20:23].isdigit() and first["time"][23:] == "Z"
+
+
 class _WarnsWhenLoaded:
     """Unpickles by calling warnings.warn, as a library does for an
     artifact saved by another version of it."""
