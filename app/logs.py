@@ -100,7 +100,7 @@ class JsonLogger(Logger):
 
     def write_held(self) -> None:
         """Write the access lines held back: the line logging would write,
-        made at a third of its cost, straight to gunicorn's streams; or
+        made without logging's machinery, straight to gunicorn's streams; or
         through logging, if it has handlers of other kinds."""
         held, self._held = self._held, []  # what another thread adds goes in the next
         if not held:

@@ -237,7 +237,8 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
                     "rps": statistics.median(r["rps"] for r in got),
                     "p50": statistics.median(r["p50"] for r in got),
                     "p99": statistics.median(r["p99"] for r in got),
-                    "bad": sum(r["bad"] for r in got)}
+                    "bad": sum(r["bad"] for r in got),
+                    "turns": [r["rps"] for r in got]}
                 r = server.results[(model, rows, conc)]
                 print(f"#   {server.label}: {model} rows={rows} conc={conc}: {r['rps']:.0f} rps, "
                       f"p99 {r['p99']:.2f} ms, bad {r['bad']}", flush=True)
@@ -392,6 +393,20 @@ def phase_table(samples: Path) -> str:
 
 # -- report --------------------------------------------------------------------------------
 
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    """a's rps over b's: the median of their turns' ratios, turn by turn
+    (the two ran seconds apart, so they share the machine's speed then),
+    or the ratio of their medians for results kept without turns."""
+    if not a or not b or not b["rps"]:
+        return None
+    pairs = [x / y for x, y in zip(a.get("turns", ()), b.get("turns", ())) if y]
+    return statistics.median(pairs) if pairs else a["rps"] / b["rps"]
+
+
+def times(value: float | None, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{suffix}"
+
+
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     """The composite floor takes the issue's transport floors (sync and
     gthread); the keep-alive floors, on Depot's own worker, are stricter."""
@@ -417,7 +432,7 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         row = [case[0], str(case[1]), str(case[2]), f"{d['rps']:.0f}", f"{d['p50']:.2f}",
                f"{d['p99']:.2f}"]
         pg = on_pg.results.get(case) if on_pg else None
-        row.append(f"{pg['rps']:.0f} ({pg['rps'] / d['rps']:.2f})" if pg and d["rps"] else "-")
+        row.append(f"{pg['rps']:.0f} ({times(ratio(pg, d))})" if pg else "-")
         row.append(f"{depot_sync.results[case]['rps']:.0f}")
         b = batched.results[case]
         row.append(f"{b['rps']:.0f} ({b['p99']:.1f})")
@@ -428,13 +443,11 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         row += [f"{f['rps']:.0f}", f"{composite:.0f}", f"{keepalive.results[case]['rps']:.0f}",
                 f"{mf:.0f}"]
         for peer in (ml, fast):
-            p = peer.results.get(case) if peer else None
-            row.append(f"{d['rps'] / p['rps']:.2f}x" if p and p["rps"] else "-")
+            row.append(times(ratio(d, peer.results.get(case) if peer else None), "x"))
         row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
-        row.append(f"{d['rps'] / mf:.2f}" if mf else "-")
-        row.append(f"{b['rps'] / mf:.2f}" if mf else "-")
-        mb = ml_batched.results.get(case) if ml_batched else None
-        row.append(f"{b['rps'] / mb['rps']:.2f}x" if mb and mb["rps"] else "-")
+        row.append(times(ratio(d, model_floor.results[case])))
+        row.append(times(ratio(b, model_floor.results[case])))
+        row.append(times(ratio(b, ml_batched.results.get(case) if ml_batched else None), "x"))
         bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
         if bad:
             row[-1] += f" ({bad} bad replies)"
