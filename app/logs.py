@@ -21,6 +21,9 @@ from .worker import HOLDS_WRITES
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+#: an access line's own fields, after the formatter's
+_ACCESS_FIELDS = ("type", "method", "path", "status", "duration_ms", "model", "request_id",
+                  "worker_pid", "remote")
 #: handlers whose stream the access log may write to directly
 _PLAIN_STREAMS = (logging.StreamHandler, logging.FileHandler)
 
@@ -40,7 +43,7 @@ _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 def _milliseconds(took: Any) -> float:
     """A timedelta in milliseconds, to the microsecond: its whole number of
     microseconds over 1000 is the float nearest that decimal, which prints as
-    it (round(..., 3) costs five times as much)."""
+    it (round(..., 3) costs three and a half times as much)."""
     return ((took.days * 86400 + took.seconds) * 1_000_000 + took.microseconds) / 1000
 
 
@@ -107,26 +110,24 @@ class JsonLogger(Logger):
             return
         pid = os.getpid()
         name = self.access_log.name
-        if not all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers):
-            for when, method, path, status, took, model, request_id, remote in held:
-                code = int(str(status)[:3])
-                self.access_log.info(f"{method} {path} {code}", extra={
-                    "type": "access", "method": method, "path": path, "status": code,
-                    "duration_ms": _milliseconds(took), "model": model,
-                    "request_id": request_id, "worker_pid": pid, "remote": remote})
-            return
+        plain = all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers)
         lines = []
         for when, method, path, status, took, model, request_id, remote in held:
             code = int(str(status)[:3])  # "200 OK"
-            # the keys JsonFormatter would write, in its order, made in one dict
-            lines.append(orjson.dumps({
-                "time": _timestamp(when), "level": "info", "logger": name, "pid": pid,
-                "message": f"{method} {path} {code}", "type": "access", "method": method,
-                "path": path, "status": code,
-                "duration_ms": _milliseconds(took), "model": model,
-                "request_id": request_id, "worker_pid": pid, "remote": remote}, default=str))
-        lines.append(b"")
-        text = b"\n".join(lines)
-        for handler in self.access_log.handlers:
-            with handler.lock:
-                _write(handler.stream, text)
+            # the keys JsonFormatter writes, in its order, in one dict
+            line = {"time": _timestamp(when), "level": "info", "logger": name, "pid": pid,
+                    "message": f"{method} {path} {code}", "type": "access", "method": method,
+                    "path": path, "status": code, "duration_ms": _milliseconds(took),
+                    "model": model, "request_id": request_id, "worker_pid": pid,
+                    "remote": remote}
+            if plain:
+                lines.append(orjson.dumps(line, default=str))
+            else:  # logging's handlers make the line: the fields go as extras
+                self.access_log.info(line["message"],
+                                     extra={k: line[k] for k in _ACCESS_FIELDS})
+        if lines:
+            lines.append(b"")
+            text = b"\n".join(lines)
+            for handler in self.access_log.handlers:
+                with handler.lock:
+                    _write(handler.stream, text)

@@ -2,6 +2,7 @@
 readiness, each against a real multi-worker server."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -137,7 +138,7 @@ def test_held_access_lines_are_what_the_formatter_writes(tmp_path):
 
     from gunicorn.config import Config
 
-    from app.logs import JsonLogger
+    from app.logs import JsonFormatter, JsonLogger
     from app.worker import HOLDS_WRITES
 
     cfg = Config()
@@ -161,6 +162,21 @@ def test_held_access_lines_are_what_the_formatter_writes(tmp_path):
     assert first["model"] == 'a"b' and first["pid"] == first["worker_pid"] == os.getpid()
     assert time.strptime(first["time"][:19], "%Y-%m-%dT%H:%M:%S")
     assert first["time"][19] == "." and first["time"][20:23].isdigit() and first["time"][23:] == "Z"
+
+    # a handler of another kind gets the same line through logging
+    class Capture(logging.Handler):
+        def emit(self, record):
+            made.append(orjson.loads(self.format(record)))
+
+    made: list = []
+    capture = Capture()
+    capture.setFormatter(JsonFormatter())
+    logger.access_log.handlers = [capture]
+    logger.access(SimpleNamespace(status="404 Not Found"), None, environ,
+                  timedelta(microseconds=1))
+    logger.write_held()
+    assert list(made[0]) == list(first)
+    assert {**made[0], "time": None} == {**first, "time": None}
 
 
 class _WarnsWhenLoaded:
