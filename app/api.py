@@ -88,8 +88,10 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 def model_config(name: str, version: str | None = None) -> Response:
     """Triton's model configuration, for ``tritonclient``'s
     ``get_model_config`` and the tools built on it, made from the same
-    metadata. Depot batches nothing itself (``max_batch_size`` 0), so every
-    ``dims`` is the whole shape, the batch dimension (-1) included."""
+    metadata. It says ``max_batch_size`` 0, so every ``dims`` is the whole
+    shape, the batch dimension (-1) included: clients send whole batches. A
+    model's own ``max_batch_size`` (the worker answering waiting requests
+    together, app/batching.py) changes nothing a client sends."""
     row = registry().row(name, version)
     details = orjson.loads(row.details)
     return json_response({

@@ -128,12 +128,13 @@ class Metrics:
         what it holds first; another process sees them microseconds after
         the answer."""
         unwritten = self._unwritten
+        now = time.monotonic()
         if not unwritten:
-            self._unwritten_since = time.monotonic()
+            self._unwritten_since = now
         # the request's numbers as they are: summed when written, in one
         # loop for the burst, after the answers
         unwritten.append((children, seconds, rows, phases, ok, executions, time.time()))
-        if not hold or time.monotonic() - self._unwritten_since >= WRITE_EVERY:
+        if not hold or now - self._unwritten_since >= WRITE_EVERY:
             self.write()
 
     def write(self) -> None:
