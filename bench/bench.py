@@ -48,7 +48,8 @@ GUNICORN = [PYTHON, "-m", "gunicorn"]
 MODELS = {"mnist-svm": 64, "mushroom-xgboost": 126}
 CASES = [(m, rows, conc) for m in MODELS for rows in (1, 64) for conc in (1, 16)]
 MLSERVER_PINS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "mlserver-xgboost==1.7.1",
-                 "uvloop<0.22", "scikit-learn==1.9.1", "xgboost==3.2.0", "numpy==2.4.6"]
+                 "uvloop<0.22", "scikit-learn==1.9.1", "narwhals==2.23.0", "xgboost==3.2.0",
+                 "numpy==2.4.6"]
 SERVER_CPU, LOAD_CPU = "0", "1"
 PORT = 8080
 #: the order the servers take turns in: the ratios that matter most are
@@ -85,14 +86,14 @@ def ensure_wrk() -> None:
 
 def ensure_mlserver(home: Path) -> Path:
     venv = home / "mlserver-venv"
-    marker = venv / ".installed"
-    if not marker.exists():
+    marker = venv / ".installed"  # holds the pins it was installed with
+    if not marker.exists() or marker.read_text() != " ".join(MLSERVER_PINS):
         print("# installing MLServer 1.7.1 into", venv, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
         subprocess.run(pip + ["--upgrade", "pip"], check=True)
         subprocess.run(pip + MLSERVER_PINS, check=True)
-        marker.touch()
+        marker.write_text(" ".join(MLSERVER_PINS))
     return venv / "bin" / "mlserver"
 
 
