@@ -7,6 +7,7 @@ metrics. Served by
 gunicorn on one core, it is the most a Flask server can do with that model
 there, measured rather than added up.
 """
+import gc
 from pathlib import Path
 
 import joblib
@@ -24,3 +25,4 @@ PREDICT = {"mnist-svm": joblib.load(MODELS / "mnist-svm" / "model.joblib").predi
 
 app = make_app(lambda name, first: PREDICT[name](
     np.asarray(first["data"], dtype=np.float32).reshape(first["shape"])))
+gc.freeze()  # the models too, as a Depot worker freezes what it starts with
