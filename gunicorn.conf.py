@@ -10,41 +10,7 @@ import os
 import shutil
 import sys
 
-#: glibc's per-thread cache of freed blocks: 1024 of each small size, not 7
-TCACHE = "glibc.malloc.tcache_count=1024"
-
-
-def _restart_with_malloc_cache() -> None:
-    """Start this process again, in place, with :data:`TCACHE` among its
-    glibc tunables, which glibc reads only as a process starts. The PID,
-    the arguments and the environment stay; nothing is bound yet.
-
-    Why: scikit-learn's RBF kernel (SVC's default) allocates and frees a
-    block for each row and support vector. Once the heap is fragmented, as a
-    batched burst of requests leaves it, each such block can come from a
-    slightly larger free chunk; freed, it joins a cache of another size, and
-    with room for only 7 there, every allocation went the slow way. That
-    cost the batched server a quarter of its 64-row mnist rate
-    (docs/benchmark.md, "Batching"). With room for 1024, those chunks stay
-    in the cache and the allocations are served from it. A tcache_count
-    already set is kept; so is every other tunable."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.tcache_count" in tunables:
-        return
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return
-    except (ValueError, OSError):  # not glibc: nothing to tune
-        return
-    os.environ["GLIBC_TUNABLES"] = f"{tunables}:{TCACHE}" if tunables else TCACHE
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, sys.orig_argv)
-
-
-_restart_with_malloc_cache()
-
-from app.settings import Settings  # noqa: E402
+from app.settings import Settings
 
 # One BLAS/OpenMP thread per worker: gunicorn already runs a process per core.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

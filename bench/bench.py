@@ -487,8 +487,6 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
         return ["-w", "1", "--bind", f"127.0.0.1:{port}", "--no-control-socket", app]
 
     keepalive = ["-k", "app.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
-    # the floors' malloc as Depot's (gunicorn.conf.py sets it for Depot)
-    malloc = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=1024"}
     servers = {
         "depot": depot_server("depot (1 worker)", args.home, 1, port=PORT),
         "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
@@ -500,15 +498,15 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
            if state_url else {}),
         "floor": Server("floor gthread (1 worker)",
                         GUNICORN + ["-k", "gthread", "--threads", "4", *floor(PORT + 4)],
-                        malloc, cwd=BENCH, port=PORT + 4),
+                        cwd=BENCH, port=PORT + 4),
         "floor-sync": Server("floor sync (1 worker)", GUNICORN + ["-k", "sync", *floor(PORT + 5)],
-                             malloc, cwd=BENCH, port=PORT + 5),
+                             cwd=BENCH, port=PORT + 5),
         "floor-keepalive": Server("floor, Depot's keep-alive worker (1 worker)",
-                                  GUNICORN + [*keepalive, *floor(PORT + 6)], malloc, cwd=BENCH,
+                                  GUNICORN + [*keepalive, *floor(PORT + 6)], cwd=BENCH,
                                   port=PORT + 6),
         "model-floor": Server("model floor, Depot's keep-alive worker (1 worker)",
                               GUNICORN + [*keepalive, *floor(PORT + 7, "model_floor_app:app")],
-                              malloc, cwd=BENCH, port=PORT + 7),
+                              cwd=BENCH, port=PORT + 7),
     }
     if mlserver:
         models = args.home / "mlserver-models"

@@ -2,7 +2,6 @@
 readiness, each against a real multi-worker server."""
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import pickle
@@ -253,47 +252,6 @@ def test_sigterm_finishes_the_request_in_flight(make_server, digits, mnist_model
         got = orjson.loads(payload)["outputs"][0]["data"]
         assert got == mnist_model.predict(digits[:5]).tolist()
         assert server.proc.wait(timeout=30) == 0
-
-
-def tunables(server, workers: int) -> set[str] | None:
-    """GLIBC_TUNABLES as the master and each of ``workers`` workers started;
-    None while there are not that many (or one is being replaced)."""
-    pids = server.worker_pids()
-    if len(pids) != workers:
-        return None
-    found = set()
-    for pid in pids | {server.proc.pid}:
-        try:
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            return None
-        # glibc parses the variable where it lies, ending each tunable with a NUL
-        start = next((i for i, v in enumerate(environ) if v.startswith(b"GLIBC_TUNABLES=")), None)
-        if start is None:
-            found.add("")
-            continue
-        parts = [environ[start].partition(b"=")[2]]
-        parts += itertools.takewhile(lambda v: v.startswith(b"glibc."), environ[start + 1:])
-        found.add(b":".join(parts).decode())
-    return found
-
-
-def test_processes_start_with_a_deeper_malloc_cache(tmp_path, digits, mnist_model):
-    """The master restarts in place (the PID the test started) with glibc's
-    tcache_count among its tunables, after those the caller set, and its
-    workers inherit them (gunicorn.conf.py). glibc reads them only as a
-    process starts, which /proc/<pid>/environ shows."""
-    with run_server(tmp_path / "a", workers=2,
-                    env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) as server:
-        assert wait_until(lambda: tunables(server, 2), timeout=30) == {
-            "glibc.malloc.arena_max=4:glibc.malloc.tcache_count=1024"}
-        got = output(server.infer("mnist-svm", v2_body(digits[:3])))
-        assert got.ravel().tolist() == mnist_model.predict(digits[:3]).tolist()
-    # A caller's own tcache_count stands, and the master is not started again.
-    with run_server(tmp_path / "b", workers=1,
-                    env={"GLIBC_TUNABLES": "glibc.malloc.tcache_count=64"}) as server:
-        assert wait_until(lambda: tunables(server, 1), timeout=30) == {
-            "glibc.malloc.tcache_count=64"}
 
 
 class _SlowToLoad:
