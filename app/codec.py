@@ -149,19 +149,22 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryvi
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
+def _parameters(raw: dict[str, Any], what: str, name: str = "") -> dict[str, Any]:
+    """``raw``'s parameters object; ``what`` names it in the error, with
+    ``{}`` for ``name`` (formatted only then: this runs for every input)."""
     parameters = raw.get("parameters")
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise BadRequest(f"{what} must be an object")
+        raise BadRequest(f"{what.format(repr(name))} must be an object")
     return parameters
 
 
-def _flag(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+def _flag(parameters: dict[str, Any], key: str, what: str, name: str = "") -> bool | None:
     value = parameters.get(key)
     if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"{what}: '{key}' must be true or false, got {value!r}")
+        raise BadRequest(f"{what.format(repr(name))}: '{key}' must be true or false, "
+                         f"got {value!r}")
     return value
 
 
@@ -206,7 +209,7 @@ def decode_input(raw: Any, binary: _Binary) -> Tensor:
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
         )
     shape = _shape(name, raw.get("shape"))
-    parameters = _parameters(raw, f"input {name!r}: 'parameters'")
+    parameters = _parameters(raw, "input {}: 'parameters'", name)
     size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in raw:
@@ -222,8 +225,8 @@ def _requested_output(raw: Any, binary_default: bool) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest("'outputs' must be a list of objects with a string 'name'")
     name = raw["name"]
-    parameters = _parameters(raw, f"output {name!r}: 'parameters'")
-    binary = _flag(parameters, "binary_data", f"output {name!r}")
+    parameters = _parameters(raw, "output {}: 'parameters'", name)
+    binary = _flag(parameters, "binary_data", "output {}", name)
     classes = parameters.get("classification", 0)
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
         raise BadRequest(f"output {name!r}: 'classification' must be a non-negative integer")
@@ -285,13 +288,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     request_id = raw.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    return InferenceRequest(
-        id=request_id or new_request_id(),
-        inputs=tensors,
-        outputs=[_requested_output(o, binary_output) for o in outputs],
-        parameters=parameters,
-        binary_output=binary_output,
-    )
+    return InferenceRequest(request_id or new_request_id(), tensors,
+                            [_requested_output(o, binary_output) for o in outputs] if outputs
+                            else [], parameters, binary_output)
 
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:

@@ -88,6 +88,7 @@ class JsonLogger(Logger):
                 handler.setFormatter(JsonFormatter())
         self._logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict)
         self._held: list[tuple] = []
+        self._segments: dict = {}  # see write_held
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         """One line a request. On Depot's worker (HOLDS_WRITES) only its
@@ -110,24 +111,58 @@ class JsonLogger(Logger):
             return
         pid = os.getpid()
         name = self.access_log.name
-        plain = all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers)
-        lines = []
+        if not all(type(h) in _PLAIN_STREAMS for h in self.access_log.handlers):
+            for when, method, path, status, took, model, request_id, remote in held:
+                line = _access_line(name, pid, when, method, path, int(str(status)[:3]), took,
+                                    model, request_id, remote)
+                # logging's handlers make the line: the fields go as extras
+                self.access_log.info(line["message"], extra={k: line[k] for k in _ACCESS_FIELDS})
+            return
+        # Most of a line is the same for every request to one route: it is
+        # made once, and each line only fills in its time, duration and id.
+        known = self._segments
+        if known.get("pid") != pid:  # made by the process this one forked from
+            known.clear()
+            known["pid"] = pid
+        chunks = []
         for when, method, path, status, took, model, request_id, remote in held:
-            code = int(str(status)[:3])  # "200 OK"
-            # the keys JsonFormatter writes, in its order, in one dict
-            line = {"time": _timestamp(when), "level": "info", "logger": name, "pid": pid,
-                    "message": f"{method} {path} {code}", "type": "access", "method": method,
-                    "path": path, "status": code, "duration_ms": _milliseconds(took),
-                    "model": model, "request_id": request_id, "worker_pid": pid,
-                    "remote": remote}
-            if plain:
-                lines.append(orjson.dumps(line, default=str))
-            else:  # logging's handlers make the line: the fields go as extras
-                self.access_log.info(line["message"],
-                                     extra={k: line[k] for k in _ACCESS_FIELDS})
-        if lines:
-            lines.append(b"")
-            text = b"\n".join(lines)
-            for handler in self.access_log.handlers:
-                with handler.lock:
-                    _write(handler.stream, text)
+            key = (method, path, status, model, remote)
+            segments = known.get(key)
+            if segments is None:
+                if len(known) > 1024:  # clients choose the paths
+                    known.clear()
+                    known["pid"] = pid
+                segments = known[key] = _segments(name, pid, method, path,
+                                                  int(str(status)[:3]), model, remote)
+            chunks += (segments[0], orjson.dumps(_timestamp(when)), segments[1],
+                       orjson.dumps(_milliseconds(took)), segments[2],
+                       orjson.dumps(request_id, default=str), segments[3])
+        text = b"".join(chunks)
+        for handler in self.access_log.handlers:
+            with handler.lock:
+                _write(handler.stream, text)
+
+
+def _access_line(name: str, pid: int, when: float, method: Any, path: Any, code: int,
+                 took: Any, model: Any, request_id: Any, remote: Any) -> dict[str, Any]:
+    """An access line's fields: the keys JsonFormatter writes, in its order."""
+    return {"time": _timestamp(when), "level": "info", "logger": name, "pid": pid,
+            "message": f"{method} {path} {code}", "type": "access", "method": method,
+            "path": path, "status": code, "duration_ms": _milliseconds(took), "model": model,
+            "request_id": request_id, "worker_pid": pid, "remote": remote}
+
+
+def _segments(name: str, pid: int, method: Any, path: Any, code: int, model: Any,
+              remote: Any) -> tuple[bytes, bytes, bytes, bytes]:
+    """The four runs of bytes around an access line's time, duration and
+    request id: the bytes orjson writes for the whole line, since it writes
+    an object as its members, comma-separated, with nothing between."""
+    def members(**values: Any) -> bytes:
+        return orjson.dumps(values, default=str)[1:-1]
+
+    return (b'{"time":',
+            b"," + members(level="info", logger=name, pid=pid, message=f"{method} {path} {code}",
+                           type="access", method=method, path=path, status=code)
+            + b',"duration_ms":',
+            b"," + members(model=model) + b',"request_id":',
+            b"," + members(worker_pid=pid, remote=remote) + b"}\n")

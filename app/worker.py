@@ -594,12 +594,7 @@ class KeepAliveWorker(base.Worker):
             return []
         end = conn.inbuf.find(b"\r\n", 0, 8192)
         line = bytes(conn.inbuf[:end + 2]) if end > 0 else b""
-        if not line.startswith(b"POST "):
-            return []
-        path = line.split(b" ", 2)[1].split(b"?", 1)[0]
-        if not path.endswith(b"/infer"):
-            return []
-        limit = self.batch_limit_of(line, path)
+        limit = self.batch_limit_of(line)
         if limit < 2:
             return []
         mates: list[Connection] = []
@@ -614,18 +609,23 @@ class KeepAliveWorker(base.Worker):
             del self.waiting[other]
         return mates
 
-    def batch_limit_of(self, line: bytes, path: bytes) -> int:
-        """The app's batch limit for a request line, asked at most once a
-        second (the answer is a registry lookup; a load's new limit
-        applies within the second, and no answer depends on it)."""
+    def batch_limit_of(self, line: bytes) -> int:
+        """The app's batch limit for a request line (0 unless it is an
+        inference), asked at most once a second (the answer is a registry
+        lookup; a load's new limit applies within the second, and no answer
+        depends on it)."""
         now = time.monotonic()
         known = self.batch_limits.get(line)
         if known is not None and known[0] > now:
             return known[1]
         if len(self.batch_limits) >= 1024:  # clients choose the paths
             self.batch_limits.clear()
-        assert self.batch_limit is not None
-        limit = min(self.batch_limit(path.decode("latin-1")), MAX_BATCH)
+        limit = 0
+        if line.startswith(b"POST "):
+            path = line.split(b" ", 2)[1].split(b"?", 1)[0]
+            if path.endswith(b"/infer"):
+                assert self.batch_limit is not None
+                limit = min(self.batch_limit(path.decode("latin-1")), MAX_BATCH)
         self.batch_limits[line] = (now + 1.0, limit)
         return limit
 
