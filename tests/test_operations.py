@@ -171,12 +171,56 @@ def test_held_access_lines_are_what_the_formatter_writes(tmp_path):
     made: list = []
     capture = Capture()
     capture.setFormatter(JsonFormatter())
-    logger.access_log.handlers = [capture]
-    logger.access(SimpleNamespace(status="404 Not Found"), None, environ,
-                  timedelta(microseconds=1))
-    logger.write_held()
+    handlers, logger.access_log.handlers = logger.access_log.handlers, [capture]
+    try:
+        logger.access(SimpleNamespace(status="404 Not Found"), None, environ,
+                      timedelta(microseconds=1))
+        logger.write_held()
+    finally:  # the logger is the process's own: the next test gets it back as it was
+        logger.access_log.handlers = handlers
     assert list(made[0]) == list(first)
     assert {**made[0], "time": None} == {**first, "time": None}
+
+
+def test_held_access_lines_are_byte_for_byte_the_whole_line_dumped(tmp_path):
+    """In-process: a line made from its route's cached segments is the
+    bytes orjson writes for the whole line, whatever the client sent."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from app import logs
+    from app.worker import HOLDS_WRITES
+
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    logger = logs.JsonLogger(cfg)
+    # only gunicorn's file, as in a worker (pytest's own handlers would
+    # take the lines through logging)
+    handlers = logger.access_log.handlers
+    logger.access_log.handlers = [h for h in handlers if type(h) is logging.FileHandler]
+    odd = ["", 'a"b', "\x00", "é \u2028", None, "/v2/models/m/infer", "x" * 300]
+    expected = []
+    try:
+        for i, value in enumerate(odd * 3):  # each route twice more: from the cache
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": value, "REMOTE_ADDR": odd[i % 5],
+                       "depot.model": odd[i % 4], "depot.request_id": odd[i % 6],
+                       HOLDS_WRITES: True}
+            took = timedelta(microseconds=i * 7919)
+            logger.access(SimpleNamespace(status="503 Service Unavailable"), None, environ,
+                          took)
+            expected.append(orjson.dumps({
+                "time": logs._timestamp(logger._held[-1][0]), "level": "info",
+                "logger": "gunicorn.access", "pid": os.getpid(),
+                "message": f"POST {value} 503", "type": "access", "method": "POST",
+                "path": value, "status": 503, "duration_ms": i * 7919 / 1000,
+                "model": odd[i % 4], "request_id": odd[i % 6], "worker_pid": os.getpid(),
+                "remote": odd[i % 5]}))
+        logger.write_held()
+    finally:
+        logger.access_log.handlers = handlers
+    assert (tmp_path / "access.log").read_bytes() == b"\n".join(expected) + b"\n"
 
 
 class _WarnsWhenLoaded:
