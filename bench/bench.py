@@ -13,10 +13,12 @@ measures each server's memory (PSS of the whole process tree) and cold start
 (process start to ``/v2/health/ready`` = 200), the cost of the shared-state
 check, and how soon a load or unload holds on every worker. Depot runs once
 on each store: SQLite in its state folder, and a private PostgreSQL cluster
-(as the tests start it; skipped when PostgreSQL is not installed).
+(as the tests start it; skipped when PostgreSQL is not installed). Last, it
+prints bench/phases.py's µs per phase and bench/instructions.py's
+instructions a request, for Depot and the model floor.
 
 Throwaway installs (MLServer's venv, request bodies, logs) go to --home, outside
-the git tree; wrk comes from Debian's packages.
+the git tree; wrk and valgrind come from Debian's packages.
 """
 from __future__ import annotations
 
@@ -72,15 +74,16 @@ class Server:
 
 # -- set-up ----------------------------------------------------------------------------
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
+def ensure_tool(tool: str) -> None:
+    """A command from Debian's package of the same name (wrk, valgrind)."""
+    if shutil.which(tool):
         return
-    print("# installing wrk from Debian's packages", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False,
+    print(f"# installing {tool} from Debian's packages", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", tool], check=False,
                    stdout=subprocess.DEVNULL)
-    if not shutil.which("wrk"):
+    if not shutil.which(tool):
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True,
+        subprocess.run(["apt-get", "install", "-y", "-q", tool], check=True,
                        stdout=subprocess.DEVNULL)
 
 
@@ -392,6 +395,18 @@ def phase_table(samples: Path) -> str:
     return "\n".join(lines)
 
 
+def instruction_table(samples: Path) -> str:
+    """bench/instructions.py's counts: Depot's and the model floor's
+    instructions a request, in-process, and their ratio."""
+    lines = ["| case (instructions a request, in-process) | Depot | model floor | "
+             "model floor/Depot |", "|---|---|---|---|"]
+    for line in run_python("instructions.py", str(samples)).splitlines():
+        r = json.loads(line)
+        lines.append(f"| {r['model']} {r['rows']} row{'s' if r['rows'] > 1 else ''} | "
+                     f"{r['depot']:,} | {r['model floor']:,} | {r['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 # -- report --------------------------------------------------------------------------------
 
 def ratio(a: dict | None, b: dict | None) -> float | None:
@@ -479,7 +494,8 @@ def main() -> None:
 def run(args: argparse.Namespace, state_url: str | None) -> None:
     args.home.mkdir(parents=True, exist_ok=True)
     samples = args.home / "samples"
-    ensure_wrk()
+    ensure_tool("wrk")
+    ensure_tool("valgrind")
     make_samples(samples)
     mlserver = None if args.skip_mlserver else ensure_mlserver(args.home)
 
@@ -550,6 +566,9 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     print("# where a request's time goes (bench/phases.py)", flush=True)
     phases = phase_table(samples)
     print(phases, flush=True)
+    print("# instructions a request costs (bench/instructions.py, under valgrind)", flush=True)
+    instructions = instruction_table(samples)
+    print(instructions, flush=True)
     print("# memory and control plane", flush=True)
     memory = depot_memory(args.home, samples)
     control = control_plane(args.home, samples)
@@ -580,7 +599,7 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             f"{servers['depot'].cold_start / servers['mlserver'].cold_start:.2f}"
             if "mlserver" in servers else "-"),
     }
-    table = report(servers, inproc, extras) + "\n\n" + phases
+    table = report(servers, inproc, extras) + "\n\n" + phases + "\n\n" + instructions
     (args.home / "RESULTS.md").write_text(table + "\n")
     print(table)
 
