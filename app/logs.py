@@ -88,7 +88,9 @@ class JsonLogger(Logger):
                 handler.setFormatter(JsonFormatter())
         self._logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict)
         self._held: list[tuple] = []
-        self._segments: dict = {}  # see write_held
+        #: a route's line segments (see write_held), made by the process of this pid
+        self._segments: dict[tuple, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._segments_pid: int | None = None
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
         """One line a request. On Depot's worker (HOLDS_WRITES) only its
@@ -121,17 +123,16 @@ class JsonLogger(Logger):
         # Most of a line is the same for every request to one route: it is
         # made once, and each line only fills in its time, duration and id.
         known = self._segments
-        if known.get("pid") != pid:  # made by the process this one forked from
+        if self._segments_pid != pid:  # made by the process this one forked from
             known.clear()
-            known["pid"] = pid
+            self._segments_pid = pid
         chunks = []
         for when, method, path, status, took, model, request_id, remote in held:
             key = (method, path, status, model, remote)
             segments = known.get(key)
             if segments is None:
-                if len(known) > 1024:  # clients choose the paths
+                if len(known) >= 1024:  # clients choose the paths
                     known.clear()
-                    known["pid"] = pid
                 segments = known[key] = _segments(name, pid, method, path,
                                                   int(str(status)[:3]), model, remote)
             chunks += (segments[0], orjson.dumps(_timestamp(when)), segments[1],

@@ -48,7 +48,8 @@ def access_logger() -> JsonLogger:
     handler.setFormatter(JsonFormatter())
     logger.access_log.handlers = [handler]
     logger.access_log.propagate = False
-    logger._held, logger._segments, logger._logs_access = [], {}, True
+    logger._held, logger._segments, logger._segments_pid = [], {}, None
+    logger._logs_access = True
     return logger
 
 
