@@ -86,7 +86,11 @@ class JsonLogger(Logger):
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(JsonFormatter())
-        self._logs_access = bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict)
+        self.hold_access(bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict))
+
+    def hold_access(self, logs_access: bool) -> None:
+        """Start with no access line held (and, unless ``logs_access``, none made)."""
+        self._logs_access = logs_access
         self._held: list[tuple] = []
         #: a route's line segments (see write_held), made by the process of this pid
         self._segments: dict[tuple, tuple[bytes, bytes, bytes, bytes]] = {}

@@ -377,6 +377,10 @@ def run_python(script: str, *args: str) -> str:
                           capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
 
+def case_label(r: dict) -> str:
+    return f"{r['model']} {r['rows']} row{'s' if r['rows'] > 1 else ''}"
+
+
 def phase_table(samples: Path) -> str:
     """bench/phases.py's µs per phase of one request through the WSGI app,
     as a table: a phase per row, a case per column."""
@@ -384,7 +388,7 @@ def phase_table(samples: Path) -> str:
     cases: list[str] = []
     for line in run_python("phases.py", str(samples), "1").splitlines():
         r = json.loads(line)
-        case = f"{r['model']} {r['rows']} row{'s' if r['rows'] > 1 else ''}"
+        case = case_label(r)
         if case not in cases:
             cases.append(case)
         found.setdefault(r["phase"], {})[case] = r["us"]
@@ -402,7 +406,7 @@ def instruction_table(samples: Path) -> str:
              "model floor/Depot |", "|---|---|---|---|"]
     for line in run_python("instructions.py", str(samples)).splitlines():
         r = json.loads(line)
-        lines.append(f"| {r['model']} {r['rows']} row{'s' if r['rows'] > 1 else ''} | "
+        lines.append(f"| {case_label(r)} | "
                      f"{r['depot']:,} | {r['model floor']:,} | {r['ratio']:.3f} |")
     return "\n".join(lines)
 

@@ -48,8 +48,7 @@ def access_logger() -> JsonLogger:
     handler.setFormatter(JsonFormatter())
     logger.access_log.handlers = [handler]
     logger.access_log.propagate = False
-    logger._held, logger._segments, logger._segments_pid = [], {}, None
-    logger._logs_access = True
+    logger.hold_access(True)
     return logger
 
 
