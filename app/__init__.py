@@ -8,6 +8,7 @@ from flask import Flask
 from . import api, console, errors
 from .metrics import Metrics
 from .registry import Registry
+from .sessions import NoSessions
 from .settings import Settings
 
 __all__ = ["create_app"]
@@ -16,6 +17,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.session_interface = NoSessions()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["DEPOT_API_KEY"] = settings.api_key
     app.extensions["depot"] = Registry.open(settings)

@@ -16,6 +16,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from runtimes.base import InputRejected
+from .responses import WholeResponse
 
 log = logging.getLogger("depot")
 
@@ -104,7 +105,7 @@ class UnsupportedMediaType(DepotError):
 
 
 def json_response(payload: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+    return WholeResponse(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
 def error_response(message: str, status: int) -> Response:
