@@ -11,7 +11,10 @@ MLServer (its defaults, and ``parallel_workers=0``, its fastest) and against
 the composite floor 1 / (1/transport-floor rps + in-process time). It also
 measures each server's memory (PSS of the whole process tree) and cold start
 (process start to ``/v2/health/ready`` = 200), the cost of the shared-state
-check, and how soon a load or unload holds on every worker. Depot runs once
+check, and how soon a load or unload holds on every worker. Depot and the
+model floor run as two identical processes each, taking turns side by side:
+one process can be a few percent faster than another for a whole case, and
+their ratio, reported too, says how far to trust Depot/model floor. Depot runs
 on each store: SQLite in its state folder, and a private PostgreSQL cluster
 (as the tests start it; skipped when PostgreSQL is not installed). Last, it
 prints bench/phases.py's µs per phase and bench/instructions.py's
@@ -56,7 +59,7 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 PORT = 8080
 #: the order the servers take turns in: the ratios that matter most are
 #: between neighbours
-TURNS = ("depot", "model-floor", "mlserver-fastest", "depot-batched", "mlserver-batched",
+TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "mlserver-fastest", "depot-batched", "mlserver-batched",
          "depot-postgres", "depot-sync", "floor-keepalive", "floor", "floor-sync", "mlserver")
 
 
@@ -255,8 +258,9 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
 
 def depot_server(label: str, home: Path, workers: int, *extra: str,
                  state_url: str | None = None, port: int = PORT,
-                 models: Path | None = None) -> Server:
-    state = "state" if not state_url else f"state-pg-{port}"
+                 models: Path | None = None, state: str = "state") -> Server:
+    if state_url:
+        state = f"state-pg-{port}"
     env = {"DEPOT_STATE_DIR": str(home / state)}
     if state_url:
         env["DEPOT_STATE_URL"] = state_url
@@ -423,6 +427,19 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
     return statistics.median(pairs) if pairs else a["rps"] / b["rps"]
 
 
+def pooled(first: dict, second: dict) -> dict:
+    """Two identical processes' results as one: their mean rps turn by turn.
+    One process of a server can be a few percent faster or slower than
+    another for a whole case (its memory layout; measured: two model floors
+    0.95-0.98 of each other on one case and 1.00 on the next, run after run),
+    which one process per side would read as Depot's cost."""
+    turns = [(a + b) / 2 for a, b in zip(first["turns"], second["turns"])]
+    return {"rps": statistics.median(turns), "turns": turns,
+            "p50": statistics.median((first["p50"], second["p50"])),
+            "p99": statistics.median((first["p99"], second["p99"])),
+            "bad": first["bad"] + second["bad"]}
+
+
 def times(value: float | None, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.2f}{suffix}"
 
@@ -430,10 +447,10 @@ def times(value: float | None, suffix: str = "") -> str:
 def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
     """The composite floor takes the issue's transport floors (sync and
     gthread); the keep-alive floors, on Depot's own worker, are stricter."""
-    depot, depot_sync, batched = servers["depot"], servers["depot-sync"], servers["depot-batched"]
+    depot_sync, batched = servers["depot-sync"], servers["depot-batched"]
     on_pg = servers.get("depot-postgres")
     floors = [servers["floor"], servers["floor-sync"]]
-    keepalive, model_floor = servers["floor-keepalive"], servers["model-floor"]
+    keepalive = servers["floor-keepalive"]
     ml, fast = servers.get("mlserver"), servers.get("mlserver-fastest")
     ml_batched = servers.get("mlserver-batched")
     lines = [
@@ -442,11 +459,13 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         "MLServer rps (p99) | MLServer fastest rps (p99) | MLServer batched rps (p99) | "
         "floor rps (sync/gthread best) | composite floor | keep-alive floor rps | "
         "model floor rps | Depot/MLServer | Depot/MLServer fastest | Depot/composite | "
-        "Depot/model floor | batched/model floor | batched/MLServer batched |",
-        "|" + "---|" * 22,
+        "Depot/model floor | second/first process: Depot, model floor | batched/model floor | "
+        "batched/MLServer batched |",
+        "|" + "---|" * 23,
     ]
     for case in CASES:
-        d = depot.results[case]
+        d = pooled(servers["depot"].results[case], servers["depot-2"].results[case])
+        mf = pooled(servers["model-floor"].results[case], servers["model-floor-2"].results[case])
         f = max((s.results[case] for s in floors), key=lambda r: r["rps"])
         composite = 1 / (1 / f["rps"] + inproc[case[:2]] / 1000) if f["rps"] else 0
         row = [case[0], str(case[1]), str(case[2]), f"{d['rps']:.0f}", f"{d['p50']:.2f}",
@@ -459,14 +478,15 @@ def report(servers: dict[str, Server], inproc: dict, extras: dict) -> str:
         for peer in (ml, fast, ml_batched):
             p = peer.results.get(case) if peer else None
             row.append(f"{p['rps']:.0f} ({p['p99']:.1f})" if p else "-")
-        mf = model_floor.results[case]["rps"]
         row += [f"{f['rps']:.0f}", f"{composite:.0f}", f"{keepalive.results[case]['rps']:.0f}",
-                f"{mf:.0f}"]
+                f"{mf['rps']:.0f}"]
         for peer in (ml, fast):
             row.append(times(ratio(d, peer.results.get(case) if peer else None), "x"))
         row.append(f"{d['rps'] / composite:.2f}" if composite else "-")
-        row.append(times(ratio(d, model_floor.results[case])))
-        row.append(times(ratio(b, model_floor.results[case])))
+        row.append(times(ratio(d, mf)))
+        row.append(", ".join(times(ratio(servers[f"{k}-2"].results[case], servers[k].results[case]))
+                             for k in ("depot", "model-floor")))
+        row.append(times(ratio(b, mf)))
         row.append(times(ratio(b, ml_batched.results.get(case) if ml_batched else None), "x"))
         bad = sum(s.results[case]["bad"] for s in servers.values() if case in s.results)
         if bad:
@@ -509,6 +529,9 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     keepalive = ["-k", "app.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
     servers = {
         "depot": depot_server("depot (1 worker)", args.home, 1, port=PORT),
+        # a second of each, identical: see pooled()
+        "depot-2": depot_server("depot, a second process (1 worker)", args.home, 1,
+                                port=PORT + 11, state="state-2"),
         "depot-sync": depot_server("depot, gunicorn sync worker (1 worker)", args.home, 1,
                                    "-k", "sync", port=PORT + 1),
         "depot-batched": depot_server("depot, max_batch_size 16 (1 worker)", args.home, 1,
@@ -527,6 +550,9 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
         "model-floor": Server("model floor, Depot's keep-alive worker (1 worker)",
                               GUNICORN + [*keepalive, *floor(PORT + 7, "model_floor_app:app")],
                               cwd=BENCH, port=PORT + 7),
+        "model-floor-2": Server("model floor, a second process (1 worker)",
+                                GUNICORN + [*keepalive, *floor(PORT + 12, "model_floor_app:app")],
+                                cwd=BENCH, port=PORT + 12),
     }
     if mlserver:
         models = args.home / "mlserver-models"
