@@ -154,14 +154,16 @@ class RuntimeCache:
             release(old[1])
 
     def drop(self, key_: Key) -> None:
-        if key_ not in self._copies and key_ not in self._staged:
+        """Stop serving a model's copy. A staged copy stays: it is for a
+        generation not published yet (a load in progress, while the row
+        still says LOADING and this process may still hold the last one),
+        and :meth:`expire_staged` drops it once it will never be served."""
+        if key_ not in self._copies:
             return
         with self._lock:
             old = self._copies.pop(key_, None)
-            staged = self._staged.pop(key_, None)
-        for found in (old, staged):
-            if found is not None:
-                release(found[1])
+        if old is not None:
+            release(old[1])
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -2,6 +2,7 @@
 like two workers (each has its own cache, both share the store)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app.errors import LoadFailed, ModelNotFound, ModelNotReady
@@ -27,6 +28,27 @@ def test_every_write_moves_the_change_mark(tmp_path):
     writer.reset()
     marks.add(reader.change_mark())
     assert len(marks) == 3
+
+
+def test_a_staged_copy_outlives_the_drop_of_the_last_one(workers):
+    """The master stages the next generation while the row says LOADING and
+    it still holds the generation before (its sync had not run since the
+    unload): that sync drops the old copy, and the staged one serves once
+    published, with nothing built (workers forked meanwhile inherit it)."""
+    master, worker = workers
+    ready = master.row("mnist-svm")
+    worker.unload("mnist-svm")
+    unloaded = worker.row("mnist-svm", ready.version)
+    worker.store.put(unloaded.replace(state="LOADING", reason="loading"))
+    new = ready.replace(generation=unloaded.generation + 1)
+    master.stage(new)
+    builds = master.cache.builds
+    master.sync()
+    assert master.cache.generation((new.name, new.version)) is None  # the old copy is gone
+    worker.store.put(new)
+    row, runtime = master.get_ready("mnist-svm")
+    assert row.generation == new.generation and master.cache.builds == builds
+    assert runtime.predict(np.zeros((1, 64), np.float32), runtime.outputs)["predict"].shape == (1,)
 
 
 def test_unload_and_load_reach_the_other_worker_at_once(workers):
