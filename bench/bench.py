@@ -59,8 +59,9 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 PORT = 8080
 #: the order the servers take turns in: the ratios that matter most are
 #: between neighbours
-TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "mlserver-fastest", "depot-batched", "mlserver-batched",
-         "depot-postgres", "depot-sync", "floor-keepalive", "floor", "floor-sync", "mlserver")
+TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "mlserver-fastest", "depot-batched",
+         "mlserver-batched", "depot-postgres", "depot-sync", "floor-keepalive", "floor",
+         "floor-sync", "mlserver")
 
 
 @dataclass
@@ -429,10 +430,11 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
 
 def pooled(first: dict, second: dict) -> dict:
     """Two identical processes' results as one: their mean rps turn by turn.
-    One process of a server can be a few percent faster or slower than
-    another for a whole case (its memory layout; measured: two model floors
-    0.95-0.98 of each other on one case and 1.00 on the next, run after run),
-    which one process per side would read as Depot's cost."""
+    One process of a server can be faster or slower than an identical one
+    for a whole case, turn after turn (two model floors: 0.95-0.98 of each
+    other on one case, run after run, and 1.00 on the next; two Depots once
+    0.75), for no cause found yet: one process per side would read that as
+    Depot's cost."""
     turns = [(a + b) / 2 for a, b in zip(first["turns"], second["turns"])]
     return {"rps": statistics.median(turns), "turns": turns,
             "p50": statistics.median((first["p50"], second["p50"])),
