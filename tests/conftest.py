@@ -143,7 +143,9 @@ def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
                models: Path | None = MODELS, wait: bool = True,
                port: int | None = None, nofile: int | None = None) -> Iterator[Server]:
     """A server on ``port`` (else a free one); ``nofile`` caps its open
-    descriptors (RLIMIT_NOFILE) from the start."""
+    descriptors (RLIMIT_NOFILE) from the start. ``wait`` waits for every
+    worker, not only the first to answer ready: on a slow machine the others
+    are still booting, and a test that counts workers would count them late."""
     folder = tmp / "models"
     if models is not None:
         shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -165,7 +167,8 @@ def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
     server = Server(f"http://127.0.0.1:{port}", proc, folder, state, log)
     try:
         if wait:
-            wait_until(lambda: _ready(server), timeout=60)
+            wait_until(lambda: _ready(server) and len(server.worker_pids()) == workers,
+                       timeout=60)
         yield server
     finally:
         stop(proc)
