@@ -32,8 +32,11 @@ log = logging.getLogger("depot.watcher")
 
 #: seconds without events before an entry is taken as fully written
 QUIET = 0.5
-#: how often the watcher checks for quiet entries
+#: the shortest wait between two looks for quiet entries
 TICK = 0.1
+#: seconds between two checks that this process still is the watcher (the
+#: watcher sleeps until an event, a quiet entry or a rescan, this long at most)
+HOLD_CHECK = 1.0
 #: seconds before a worker that could not stand as the watcher stands again
 STAND_AGAIN = 1.0
 
@@ -45,6 +48,7 @@ class Watcher(FileSystemEventHandler):
         self.state_dir = registry.settings.state_dir
         self._pending: dict[str, float] = {}  # top-level entry -> last event time
         self._lock = threading.Lock()
+        self._moved = threading.Event()  # set by an event
 
     # -- events (watchdog's thread) ---------------------------------------
 
@@ -56,6 +60,7 @@ class Watcher(FileSystemEventHandler):
             if entry is not None:
                 with self._lock:
                     self._pending[entry] = time.monotonic()
+                    self._moved.set()
 
     def _entry(self, path: str) -> str | None:
         """The top-level entry an event is about, unless it is to be ignored."""
@@ -110,7 +115,21 @@ class Watcher(FileSystemEventHandler):
                     log.exception("reconcile failed")
                 if not settled:
                     next_scan = time.monotonic() + self.registry.settings.rescan_interval
-            time.sleep(TICK)
+            self._wait(next_scan)
+
+    def _wait(self, next_scan: float) -> None:
+        """Sleep until the first pending entry may be quiet, or, with none
+        pending, until the next event; and never past the next rescan or
+        :data:`HOLD_CHECK`. An idle watcher wakes once a second, not ten times."""
+        with self._lock:
+            first = min(self._pending.values(), default=None)
+            self._moved.clear()
+        now = time.monotonic()
+        until = min(next_scan, now + HOLD_CHECK)
+        if first is None:
+            self._moved.wait(max(0.0, until - now))
+        else:
+            time.sleep(max(TICK, min(until, first + QUIET) - now))
 
 
 def start_election(registry: Registry) -> None:

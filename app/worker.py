@@ -370,7 +370,14 @@ class KeepAliveWorker(base.Worker):
     def watch_parent(self) -> None:
         """Exit soon after the master dies, even in the middle of a long
         request: an orphan would keep the port, and a restarted master could
-        not bind it."""
+        not bind it. A pidfd wakes this thread only then; without one, it
+        looks every :data:`PARENT_CHECK` seconds."""
+        try:
+            parent = os.pidfd_open(self.ppid)
+        except (AttributeError, OSError):  # gone already, or an older kernel
+            parent = None
+        if parent is not None and os.getppid() == self.ppid:
+            select.select([parent], [], [])  # readable once the master has exited
         while os.getppid() == self.ppid:
             time.sleep(PARENT_CHECK)
         self.alive = False
@@ -388,7 +395,10 @@ class KeepAliveWorker(base.Worker):
         seconds for something to do."""
         self.notify()
         now = time.monotonic()
-        wait = 0 if self.waiting else max(0.0, min(timeout, self.next_sweep - now))
+        # With no connection, a sweep has nothing to do: an idle worker
+        # wakes once a ``timeout``, not once a SWEEP_INTERVAL.
+        sweep = self.next_sweep if self.connections or not self.accepting else now + timeout
+        wait = 0 if self.waiting else max(0.0, min(timeout, sweep - now))
         if self.unwritten:
             wait = min(wait, IDLE_WRITE)
         ready = self.poller.poll(wait)

@@ -2,13 +2,16 @@
 readiness, each against a real multi-worker server."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import signal
 import socket
+import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import joblib
 import jsonschema
@@ -259,6 +262,40 @@ def test_log_level_and_access_log_settings(make_server, digits):
             entry = orjson.loads(line)
             assert entry.get("type") != "access"
             assert entry["level"] in ("warning", "error", "critical")
+
+
+# -- an idle server ------------------------------------------------------------------------
+
+def wakeups(server) -> int:
+    """Context switches so far of every thread of the server's processes:
+    each is a thread that woke up (or was made to give up the CPU)."""
+    out = subprocess.run(["pgrep", "-s", str(server.proc.pid)], capture_output=True, text=True)
+    total = 0
+    for pid in out.stdout.split():
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
+                             if "ctxt_switches:" in line)
+    return total
+
+
+def test_an_idle_server_sleeps_and_still_serves_a_change_at_once(make_server, digits):
+    """Every wake-up of an idle thread takes CPU from whatever runs beside
+    it, and, under load, the GIL from a request: an idle deployment wakes
+    each process about once a second. Polling every 50 ms (the sync) and
+    100 ms (the watcher) made ~140 wake-ups a second with four workers;
+    now ~14."""
+    with make_server() as server:
+        time.sleep(3)  # the sync's pause has grown to its idle length
+        before, start = wakeups(server), time.monotonic()
+        time.sleep(5)
+        rate = (wakeups(server) - before) / (time.monotonic() - start)
+        assert rate < 40, f"{rate:.0f} wake-ups a second"
+        # The per-request check, not the sync, serves a change: every
+        # worker refuses an unloaded model from the next request on.
+        assert server.post("/v2/repository/models/mnist-svm/unload").status_code == 200
+        replies = spread(lambda: server.infer("mnist-svm", v2_body(digits[:1])), 64)
+        assert {r.status_code for r in replies} == {400}, {r.status_code for r in replies}
 
 
 # -- signals and readiness -----------------------------------------------------------------
