@@ -182,6 +182,19 @@ def pss_mb(pid: int) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) used so far by a server: every process of
+    its session, every thread."""
+    ticks = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, body: Path, conc: int, seconds: float) -> dict:
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", "-t", "1", "-c", str(conc), "-d", f"{max(1, round(seconds))}s",
@@ -192,6 +205,7 @@ def wrk(url: str, body: Path, conc: int, seconds: float) -> dict:
         return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "bad": -1}
     fields = dict(kv.split("=") for kv in found.group(1).split())
     return {"rps": int(fields["requests"]) / float(fields["seconds"]),
+            "requests": int(fields["requests"]),
             "p50": float(fields["p50"]), "p99": float(fields["p99"]),
             "bad": int(fields["non200"]) + int(fields["errors"])}
 
@@ -228,6 +242,7 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
         for model, rows, conc in CASES:
             body = samples / f"{model}-{rows}.json"
             runs: dict[str, list[dict]] = {s.label: [] for s in servers}
+            pairs = list(zip(servers, procs))
             for server in servers:
                 wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
                     args.warmup)
@@ -235,10 +250,13 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
                 # forward, then backward: no server always goes first (and
                 # meets what the one before left), and neighbours in the list
                 # (Depot and the model floor) always run seconds apart
-                for server in servers if turn % 2 == 0 else servers[::-1]:
-                    runs[server.label].append(wrk(
-                        f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
-                        args.duration / args.rounds))
+                for server, proc in pairs if turn % 2 == 0 else pairs[::-1]:
+                    used = cpu_seconds(proc.pid)
+                    run = wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body,
+                              conc, args.duration / args.rounds)
+                    run["cpu_us"] = ((cpu_seconds(proc.pid) - used) * 1e6 / run["requests"]
+                                     if run["requests"] else float("nan"))
+                    runs[server.label].append(run)
             for server in servers:
                 got = runs[server.label]
                 server.results[(model, rows, conc)] = {
@@ -246,6 +264,7 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
                     "p50": statistics.median(r["p50"] for r in got),
                     "p99": statistics.median(r["p99"] for r in got),
                     "bad": sum(r["bad"] for r in got),
+                    "cpu_us": statistics.median(r["cpu_us"] for r in got),
                     "turns": [r["rps"] for r in got]}
                 r = server.results[(model, rows, conc)]
                 print(f"#   {server.label}: {model} rows={rows} conc={conc}: {r['rps']:.0f} rps, "
@@ -413,6 +432,29 @@ def instruction_table(samples: Path) -> str:
         r = json.loads(line)
         lines.append(f"| {case_label(r)} | "
                      f"{r['depot']:,} | {r['model floor']:,} | {r['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def cpu_table(servers: dict[str, Server]) -> str:
+    """CPU time a request, from /proc, over each server's turns: the work a
+    request costs the server, whatever the scheduler made of it (a rate
+    also counts time the server sat waiting). Depot and the model floor
+    are each the mean of their two processes."""
+    def cpu(keys: tuple[str, ...], case: tuple) -> float | None:
+        found = [servers[k].results[case].get("cpu_us") for k in keys if k in servers]
+        found = [v for v in found if v is not None and v == v]
+        return sum(found) / len(found) if found else None
+
+    lines = ["| case (CPU µs a request, server) | Depot | model floor | Depot/model floor | "
+             "MLServer fastest |", "|---|---|---|---|---|"]
+    for case in CASES:
+        d, mf = cpu(("depot", "depot-2"), case), cpu(("model-floor", "model-floor-2"), case)
+        ml = cpu(("mlserver-fastest",), case)
+        cells = [f"{v:.0f}" if v is not None else "-" for v in (d, mf)]
+        cells.append(f"{d / mf:.3f}" if d and mf else "-")
+        cells.append(f"{ml:.0f}" if ml is not None else "-")
+        lines.append(f"| {case[0]} {case[1]} row{'s' if case[1] > 1 else ''} c{case[2]} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -631,7 +673,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             f"{servers['depot'].cold_start / servers['mlserver'].cold_start:.2f}"
             if "mlserver" in servers else "-"),
     }
-    table = report(servers, inproc, extras) + "\n\n" + phases + "\n\n" + instructions
+    table = "\n\n".join((report(servers, inproc, extras), cpu_table(servers), phases,
+                           instructions))
     (args.home / "RESULTS.md").write_text(table + "\n")
     print(table)
 
