@@ -397,8 +397,8 @@ class KeepAliveWorker(base.Worker):
         now = time.monotonic()
         # With no connection, a sweep has nothing to do: an idle worker
         # wakes once a ``timeout``, not once a SWEEP_INTERVAL.
-        sweep = self.next_sweep if self.connections or not self.accepting else now + timeout
-        wait = 0 if self.waiting else max(0.0, min(timeout, sweep - now))
+        due = self.next_sweep if self.connections or not self.accepting else now + timeout
+        wait = 0 if self.waiting else max(0.0, min(timeout, due - now))
         if self.unwritten:
             wait = min(wait, IDLE_WRITE)
         ready = self.poller.poll(wait)

@@ -453,8 +453,8 @@ def cpu_table(servers: dict[str, Server]) -> str:
         cells = [f"{v:.0f}" if v is not None else "-" for v in (d, mf)]
         cells.append(f"{d / mf:.3f}" if d and mf else "-")
         cells.append(f"{ml:.0f}" if ml is not None else "-")
-        lines.append(f"| {case[0]} {case[1]} row{'s' if case[1] > 1 else ''} c{case[2]} | "
-                     + " | ".join(cells) + " |")
+        label = case_label({"model": case[0], "rows": case[1]})
+        lines.append(f"| {label} c{case[2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

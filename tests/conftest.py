@@ -112,12 +112,16 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def session_pids(self) -> list[str]:
+        """The master and everything it started (the server's session)."""
+        out = subprocess.run(["pgrep", "-s", str(self.proc.pid)], capture_output=True, text=True)
+        return out.stdout.split()
+
     def pss_mb(self) -> float:
         """Proportional set size of the whole process tree (its session),
         from /proc/<pid>/smaps_rollup: shared pages count once in total."""
-        out = subprocess.run(["pgrep", "-s", str(self.proc.pid)], capture_output=True, text=True)
         kib = 0
-        for pid in out.stdout.split():
+        for pid in self.session_pids():
             with contextlib.suppress(OSError):
                 rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
                 kib += sum(int(line.split()[1]) for line in rollup.splitlines()

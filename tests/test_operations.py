@@ -8,7 +8,6 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -269,9 +268,8 @@ def test_log_level_and_access_log_settings(make_server, digits):
 def wakeups(server) -> int:
     """Context switches so far of every thread of the server's processes:
     each is a thread that woke up (or was made to give up the CPU)."""
-    out = subprocess.run(["pgrep", "-s", str(server.proc.pid)], capture_output=True, text=True)
     total = 0
-    for pid in out.stdout.split():
+    for pid in server.session_pids():
         for status in Path(f"/proc/{pid}/task").glob("*/status"):
             with contextlib.suppress(OSError):
                 total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
