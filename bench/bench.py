@@ -1,14 +1,16 @@
 """Depot's benchmark: Depot, MLServer and the floors side by side, in one sitting.
 
-usage: python bench/bench.py [--duration S] [--warmup S] [--home DIR] [--skip-mlserver]
+usage: python bench/bench.py [--duration S] [--rounds N] [--pair-rounds N] [--warmup S]
+                             [--home DIR] [--skip-mlserver] [--skip-postgres] [--reuse]
 
 Every server runs pinned to CPU 0 and wrk to CPU 1, on the bundled models
 with generated request bodies (1 and 64 rows). Each starts alone first, for
 its cold start and memory; then all run at once and take turns case by case,
-a few seconds each, so that the machine's drift is shared. For each
-case it prints rps, p50 and p99, and the ratios that matter: Depot against
-MLServer (its defaults, and ``parallel_workers=0``, its fastest) and against
-the composite floor 1 / (1/transport-floor rps + in-process time). It also
+a few seconds each, so that the machine's drift is shared (Depot and the
+model floor, the closest ratio, then take more turns). For each case it
+prints rps, p50 and p99, and the ratios that matter: Depot against MLServer
+(its defaults, and ``parallel_workers=0``, its fastest) and against the
+composite floor 1 / (1/transport-floor rps + in-process time). It also
 measures each server's memory (PSS of the whole process tree) and cold start
 (process start to ``/v2/health/ready`` = 200), the cost of the shared-state
 check, and how soon a load or unload holds on every worker. Depot and the
@@ -62,6 +64,10 @@ PORT = 8080
 TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "mlserver-fastest", "depot-batched",
          "mlserver-batched", "depot-postgres", "depot-sync", "floor-keepalive", "floor",
          "floor-sync", "mlserver")
+#: the servers of the closest ratio (Depot against the model floor, a few
+#: percent apart, where turns of one second move by tens): after the turns
+#: every server takes, these four take ``--pair-rounds`` more among themselves
+PAIRED = TURNS[:4]
 
 
 @dataclass
@@ -227,12 +233,13 @@ def alone(server: Server, samples: Path, home: Path) -> None:
 
 
 def interleaved(servers: list[Server], samples: Path, home: Path,
-                args: argparse.Namespace) -> None:
+                args: argparse.Namespace, paired: frozenset[str] = frozenset()) -> None:
     """Throughput and latency with every server running (each on its port,
     all on the server CPU), case by case, the servers taking turns in
     ``args.rounds`` short runs each: this machine's speed drifts by tens of
     percent over minutes, and turns a few seconds apart share the drift, so
-    the ratios between servers hold."""
+    the ratios between servers hold. Then the servers labelled in ``paired``
+    take ``args.pair_rounds`` more turns among themselves."""
     procs = []
     try:
         for server in servers:
@@ -242,11 +249,13 @@ def interleaved(servers: list[Server], samples: Path, home: Path,
         for model, rows, conc in CASES:
             body = samples / f"{model}-{rows}.json"
             runs: dict[str, list[dict]] = {s.label: [] for s in servers}
-            pairs = list(zip(servers, procs))
+            every = list(zip(servers, procs))
+            closest = [(s, p) for s, p in every if s.label in paired]
             for server in servers:
                 wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", body, conc,
                     args.warmup)
-            for turn in range(args.rounds):
+            for turn in range(args.rounds + (args.pair_rounds if closest else 0)):
+                pairs = every if turn < args.rounds else closest
                 # forward, then backward: no server always goes first (and
                 # meets what the one before left), and neighbours in the list
                 # (Depot and the model floor) always run seconds apart
@@ -548,6 +557,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0,
                         help="seconds of load per server and case, in --rounds turns")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--pair-rounds", type=int, default=12,
+                        help="more turns for Depot and the model floor (see PAIRED)")
     parser.add_argument("--warmup", type=float, default=1.0)  # whole seconds, as wrk takes
     parser.add_argument("--home", type=Path, default=Path("/tmp/depot-bench"))
     parser.add_argument("--skip-mlserver", action="store_true")
@@ -628,7 +639,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     else:
         for server in servers.values():
             alone(server, samples, args.home)
-        interleaved([servers[k] for k in TURNS if k in servers], samples, args.home, args)
+        interleaved([servers[k] for k in TURNS if k in servers], samples, args.home, args,
+                    frozenset(servers[k].label for k in PAIRED))
         saved.write_text(json.dumps({key: {
             "cold_start": s.cold_start, "pss_mb": s.pss_mb,
             "results": {json.dumps(c): r for c, r in s.results.items()}}
