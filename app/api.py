@@ -152,14 +152,11 @@ def infer(name: str, version: str | None = None) -> Response:
     return response
 
 
-NONE_BINARY: frozenset[str] = frozenset()
-
-
 def infer_response(row: Row, req: codec.InferenceRequest, results: dict[str, Any],
                    accept_encoding: str | None) -> Response:
     """JSON, or JSON and binary tensors, compressed if the client asks."""
     binary = frozenset(o.name for o in req.outputs if o.binary) if req.outputs else \
-        frozenset(results) if req.binary_output else NONE_BINARY
+        frozenset(results) if req.binary_output else frozenset()
     payload, json_length = codec.encode_response(row.name, row.version, req.id, results, binary)
     response = WholeResponse(payload, content_type="application/json")
     if json_length is not None:
