@@ -1,4 +1,6 @@
-# Depot: a V2 / Open Inference Protocol server for scikit-learn and XGBoost.
+# Depot: a V2 / Open Inference Protocol model server. This image serves scikit-learn
+# and XGBoost models and runtimes of your own; add requirements-frameworks.txt
+# to it for LightGBM, CatBoost, ONNX and MLflow.
 # Models are not part of the image: mount a model repository at /mnt/models.
 FROM python:3.11-slim
 

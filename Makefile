@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install install-test bench attacks screenshot clean
+.PHONY: serve test test-fast install install-test bench attacks screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest -q tests
+
+# The in-process tests only: no gunicorn, no PostgreSQL, no browser (tests/conftest.py)
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not server and not postgres and not browser" tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -29,10 +29,10 @@ wsgi_app = "app.wsgi:app"
 bind = ["127.0.0.1:8080"]
 workers = 2
 # Connections are kept alive, and served one request at a time per worker
-# (app/worker.py): measured faster than both sync, which closes every
+# (app/server/worker.py): measured faster than both sync, which closes every
 # connection, and gthread, which hands each request to a thread pool; model
 # work holds the GIL, so threads would only queue behind one another.
-worker_class = "app.worker.KeepAliveWorker"
+worker_class = "app.server.worker.KeepAliveWorker"
 # Seconds an idle connection is kept; behind a load balancer, make it longer
 # than the balancer's own idle timeout.
 keepalive = 5
@@ -44,7 +44,7 @@ graceful_timeout = 20
 # second, unauthenticated way in, and one path shared by every deployment.
 control_socket_disable = True
 # JSON lines on stderr: one per request (access) and one per model state change.
-logger_class = "app.logs.JsonLogger"
+logger_class = "app.server.logs.JsonLogger"
 errorlog = "-"
 accesslog = "-" if _settings.access_log else None
 loglevel = _settings.log_level
@@ -73,9 +73,9 @@ def on_starting(server):
 def when_ready(server):
     """Register and load the repository once per deployment, before fork;
     meanwhile every connection is answered 503 instead of hanging."""
-    from app.loading import NotReadyResponder
+    from app.server.starting import NotReadyResponder
 
-    from app.master import Master
+    from app.registry.master import Master
 
     registry = _registry(server)
     # The libraries live as long as the workers: out of the garbage
@@ -87,10 +87,10 @@ def when_ready(server):
     with NotReadyResponder(server.LISTENERS):
         registry.startup()
     # Models loaded later are loaded by this process too, and shared with
-    # fresh workers that replace the old ones (app/master.py); its own sync
+    # fresh workers that replace the old ones (app/registry/master.py); its own sync
     # thread keeps its copies in line with the shared state.
     registry.master = Master(server, registry, registry.settings.state_dir / "workers")
-    from app import cache
+    from app.registry import cache
 
     cache.trim(force=True)  # the workers share no free pages the master will write to
     registry.master.serve()
@@ -117,13 +117,13 @@ def post_worker_init(worker):
     gc.freeze()
     registry.start_sync()
     if registry.settings.watch:
-        from app import watcher
+        from app.registry import watcher
 
         watcher.start_election(registry)
     worker.on_retiring = lambda: setattr(registry, "retiring", True)
     worker.on_quiet = registry.master.worker_quiet
     worker.on_idle = lambda: _write_held(worker)
-    from app import batching
+    from app.v2 import batching
 
     worker.batch_limit = lambda path: batching.limit_for(registry, path)
     registry.master.worker_ready()
@@ -142,7 +142,7 @@ def worker_exit(server, worker):
     (with PostgreSQL, a control call would otherwise wait for it). Then it
     ends at once, with gunicorn's exit code: the interpreter's teardown
     would touch every object the worker shares with the master, copying
-    those pages, tens of MB for each worker a roll replaces (app/master.py)."""
+    those pages, tens of MB for each worker a roll replaces (app/registry/master.py)."""
     try:
         _write_held(worker)
         _registry(worker).store.close()
@@ -157,13 +157,13 @@ def worker_exit(server, worker):
 
 def post_fork(server, worker):
     """Allocate the new worker's metrics files before anything counts, so a
-    full state folder cannot SIGBUS it later (app/metrics.py)."""
+    full state folder cannot SIGBUS it later (app/metrics/)."""
     server.app.wsgi().extensions["depot.metrics"].reserve()
 
 
 def child_exit(server, worker):
     """A dead worker's counters stay counted, folded into one set of files
-    (workers are replaced on every hot load: app/master.py)."""
+    (workers are replaced on every hot load: app/registry/master.py)."""
     server.app.wsgi().extensions["depot.metrics"].retire(worker.pid)
     master = _registry(server).master
     if master is not None:

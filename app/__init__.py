@@ -1,30 +1,27 @@
-"""Depot: a V2 / Open Inference Protocol model server on Flask and gunicorn."""
+"""Depot: a V2 / Open Inference Protocol model server on Flask and gunicorn.
+
+The folders are the path of one request: ``server/`` (gunicorn's worker) ->
+``web/`` (the Flask routes) -> ``v2/`` (the protocol) -> ``registry/`` (which
+copy of which model serves) -> ``runtimes/`` (the model itself), with the
+shared truth in ``store/`` and the counts in ``metrics/``. Importing this
+package imports none of them: ``python -m app`` (the command line) needs no
+Flask and no numpy.
+"""
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from . import api, console, errors
-from .metrics import Metrics
-from .registry import Registry
-from .sessions import NoSessions
-from .settings import Settings
+    from .settings import Settings
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings.from_env()
-    app = Flask(__name__)
-    app.session_interface = NoSessions()
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["DEPOT_API_KEY"] = settings.api_key
-    app.extensions["depot"] = Registry.open(settings)
-    app.extensions["depot.metrics"] = Metrics(settings.metrics_dir)
-    app.config["DEPOT_STARTED"] = time.time()
-    app.register_blueprint(api.bp)
-    if settings.console:
-        app.register_blueprint(console.bp)
-    errors.init_app(app)
-    return app
+def create_app(settings: "Settings | None" = None) -> "Flask":
+    """The Flask app serving ``settings`` (read from the environment if not
+    given); gunicorn imports it from app/wsgi.py."""
+    from .web import create_app as build
+
+    return build(settings)

@@ -1,24 +1,11 @@
-"""Every failure Depot reports, and the one place that renders them.
+"""Every failure Depot reports, as a class whose status is a class attribute.
 
-Each error is a class whose HTTP status is a class attribute; code that finds
-a problem raises the class that names it, and only :func:`init_app` turns it
-into the ``{"error": "..."}`` body that tritonclient and curl users read.
-``registry`` and ``codec`` raise these without importing Flask; the runtimes
-raise their own :class:`~runtimes.base.InputRejected`, rendered here too.
+Code that finds a problem raises the class that names it; each door renders
+it in one place (app/web/errors.py for HTTP). Nothing here imports Flask, so
+the registry, the protocol and the server raise these freely; the runtimes
+raise their own :class:`~runtimes.base.InputRejected`, rendered alike.
 """
 from __future__ import annotations
-
-import logging
-import uuid
-
-import orjson
-from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
-
-from runtimes.base import InputRejected
-from .responses import WholeResponse
-
-log = logging.getLogger("depot")
 
 
 class DepotError(Exception):
@@ -102,51 +89,3 @@ class UnsupportedMediaType(DepotError):
     """A body in a content coding Depot cannot read."""
 
     status = 415
-
-
-def json_response(payload: object, status: int = 200) -> Response:
-    return WholeResponse(orjson.dumps(payload), status=status, mimetype="application/json")
-
-
-def error_response(message: str, status: int) -> Response:
-    return json_response({"error": message}, status)
-
-
-def _depot_error(e: DepotError) -> Response:
-    response = error_response(e.message, e.status)
-    response.headers.update(e.headers)
-    return response
-
-
-def _input_rejected(e: InputRejected) -> Response:
-    """A runtime's refusal of the request (runtimes/ knows nothing of Depot's
-    errors): the same 400 body as a BadRequest."""
-    return error_response(e.message, e.status)
-
-
-def _http_error(e: HTTPException) -> Response:
-    """Routing errors (404, 405, 413) keep werkzeug's status and headers
-    (``Allow`` on 405) but get Depot's JSON body."""
-    response = e.get_response()
-    if e.code == 413:
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        message = f"request body too large: the limit is {limit} bytes (DEPOT_MAX_BODY_BYTES)"
-    else:
-        message = e.name if e.code in (404, 405) else e.description
-    response.set_data(orjson.dumps({"error": message}))
-    response.mimetype = "application/json"
-    return response
-
-
-def _unexpected(e: Exception) -> Response:
-    request_id = uuid.uuid4().hex[:12]
-    request.environ["depot.request_id"] = request_id  # the access log line carries it too
-    log.exception("internal error (id %s)", request_id, extra={"request_id": request_id})
-    return error_response(f"internal error (id {request_id})", 500)
-
-
-def init_app(app: Flask) -> None:
-    app.register_error_handler(DepotError, _depot_error)
-    app.register_error_handler(InputRejected, _input_rejected)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)

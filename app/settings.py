@@ -6,6 +6,7 @@ message that names the variable, instead of being quietly kept as a string.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ T = TypeVar("T")
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
+#: MLServer's server settings, at the top of an ``mlserver start .`` project:
+#: never a model; ``model_repository_root`` and ``load_models_at_startup``
+#: are honoured (:func:`_mlserver_settings`), every other field is ignored
+SERVER_SETTINGS = "settings.json"
 
 
 class SettingsError(ValueError):
@@ -141,7 +146,7 @@ class Settings:
     #: seconds a host may go without telling a shared store what it has
     #: applied before it stops serving (and the others stop waiting for it)
     lease_seconds: float = 10.0
-    #: serve the operator console at / (app/console.py)
+    #: serve the operator console at / (app/web/console.py)
     console: bool = True
 
     @classmethod
@@ -195,7 +200,11 @@ class Settings:
 def _mlserver_settings(models: Path) -> dict:
     """An ``mlserver start .`` project's settings.json, read where Depot is
     pointed (DEPOT_MODELS): its model_repository_root and
-    load_models_at_startup apply unless a DEPOT_ variable says otherwise."""
-    from .repository import server_settings
-
-    return server_settings(models)
+    load_models_at_startup apply unless a DEPOT_ variable says otherwise.
+    {} if there is none or it cannot be read: a bad one is MLServer's
+    business, not a reason to stop."""
+    try:
+        found = json.loads((models / SERVER_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}

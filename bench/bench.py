@@ -581,7 +581,7 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     def floor(port: int, app: str = "floor_app:app") -> list[str]:
         return ["-w", "1", "--bind", f"127.0.0.1:{port}", "--no-control-socket", app]
 
-    keepalive = ["-k", "app.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
+    keepalive = ["-k", "app.server.worker.KeepAliveWorker", "--pythonpath", str(ROOT)]
     servers = {
         "depot": depot_server("depot (1 worker)", args.home, 1, port=PORT),
         # a second of each, identical: see pooled()

@@ -41,7 +41,7 @@ def sections(samples: Path, requests: int) -> None:
     import phases
     from app import create_app, metrics
     from app.settings import Settings
-    from app.worker import HOLDS_WRITES
+    from app.environ import HOLDS_WRITES
 
     # The worker writes held counts once a burst ends; valgrind runs ~50x
     # slower, where the 0.1 s bound would write them every few requests.

@@ -1,5 +1,5 @@
 """Where Depot's own time goes, per request: one inference through the WSGI
-app, no socket, split into the phases of ``app.api.infer``, each timed on its
+app, no socket, split into the phases of ``app.web.api.infer``, each timed on its
 own (median µs of many calls), beside the whole request and the model floor's
 work for the same body. The next regression shows up in its phase.
 
@@ -25,11 +25,12 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from app import codec, content, create_app  # noqa: E402
-from app.api import infer_response, request_body  # noqa: E402
-from app.logs import JsonFormatter, JsonLogger  # noqa: E402
+from app import create_app  # noqa: E402
+from app.v2 import codec, content  # noqa: E402
+from app.web.api import infer_response, request_body  # noqa: E402
+from app.server.logs import JsonFormatter, JsonLogger  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.worker import HOLDS_WRITES  # noqa: E402
+from app.environ import HOLDS_WRITES  # noqa: E402
 from inprocess import median_ms  # noqa: E402
 from model_floor_app import PREDICT  # noqa: E402
 

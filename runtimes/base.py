@@ -2,7 +2,7 @@
 
 A runtime is built from one artifact file, learns in :meth:`load` what it can
 answer (its outputs and feature count), and then maps numpy to numpy in
-:meth:`predict`. It never sees JSON or HTTP: ``app.codec`` has checked the
+:meth:`predict`. It never sees JSON or HTTP: ``app.v2.codec`` has checked the
 tensors before they arrive.
 """
 from __future__ import annotations

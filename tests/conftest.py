@@ -3,6 +3,11 @@ localhost port, its own copy of the models and its own state folder.
 
 Every wait is a poll with a deadline, and every server is stopped by the PID
 of its process group when the fixture ends.
+
+A test says what it needs with a marker (:data:`MARKERS`); a fixture that
+starts such a thing marks every test that uses it, and a test that starts
+gunicorn without the ``server`` marker fails, so ``make test-fast``
+(``-m "not server and not postgres and not browser"``) stays in-process.
 """
 from __future__ import annotations
 
@@ -32,6 +37,36 @@ from postgres import postgres, postgres_url  # noqa: F401  (fixtures: a private 
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+
+MARKERS = {
+    "server": "starts a real gunicorn server (or another Depot process)",
+    "postgres": "starts a private PostgreSQL cluster",
+    "browser": "drives Debian's headless Chromium",
+    "slow": "takes more than about ten seconds on its own",
+}
+#: the fixtures that start each thing, and so mark the tests that use them
+NEEDED_BY_FIXTURE = {"server": "server", "make_server": "server", "postgres": "postgres",
+                     "postgres_url": "postgres", "browser": "browser"}
+#: the markers of the test that runs now (run_server checks for ``server``)
+_current_marks: set[str] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in NEEDED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of the test (a shared server's too) is set up."""
+    _current_marks.clear()
+    _current_marks.update(m.name for m in item.iter_markers())
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
@@ -150,6 +185,7 @@ def run_server(tmp: Path, workers: int = 4, env: dict[str, str] | None = None,
     descriptors (RLIMIT_NOFILE) from the start. ``wait`` waits for every
     worker, not only the first to answer ready: on a slow machine the others
     are still booting, and a test that counts workers would count them late."""
+    assert "server" in _current_marks, "a test that starts gunicorn needs @pytest.mark.server"
     folder = tmp / "models"
     if models is not None:
         shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))

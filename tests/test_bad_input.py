@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from conftest import output, run_server, v2_body
 
+pytestmark = pytest.mark.server
+
 MNIST = "/v2/models/mnist-svm/infer"
 XGB = "/v2/models/mushroom-xgboost/infer"
 LIMIT = 1 << 20

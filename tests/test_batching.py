@@ -1,4 +1,4 @@
-"""Adaptive batching (app/batching.py): requests already read by one worker,
+"""Adaptive batching (app/v2/batching.py): requests already read by one worker,
 for a model whose model-settings.json gives max_batch_size, answered by one
 model call over their stacked rows, each answer what it would be alone."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rawhttp
-from app import batching
+from app.v2 import batching
 from conftest import MODELS, Server, run_server, v2_body, wait_until
 from runtimes.base import InputRejected, RequestedOutput
 from runtimes.sklearn import SKLearnRuntime
@@ -142,6 +142,7 @@ def stats(server: Server, model: str) -> dict:
     return server.get(f"/v2/models/{model}/stats").json()["model_stats"][0]
 
 
+@pytest.mark.server
 def test_waiting_requests_share_one_model_call(tmp_path, digits, mnist_model) -> None:
     with batching_server(tmp_path, 16) as server:
         parts = [digits[i * 4:i * 4 + 1 + i % 4] for i in range(16)]
@@ -158,6 +159,7 @@ def test_waiting_requests_share_one_model_call(tmp_path, digits, mnist_model) ->
         assert counted["execution_count"] <= 4, "the burst should take a few calls, not 16"
 
 
+@pytest.mark.server
 def test_batched_answers_are_the_unbatched_ones_exactly(tmp_path, mushrooms) -> None:
     """Probabilities too (floats, compared exactly), with bad requests in
     the burst, each of which gets its own 400."""
@@ -190,6 +192,7 @@ def test_a_bad_max_batch_size_is_the_models_error(make_server) -> None:
         assert "non-negative integer" in server.index()[SVM]["reason"]
 
 
+@pytest.mark.server
 def test_large_requests_are_answered_each_by_its_own_call(tmp_path, digits, mnist_model) -> None:
     """A 64-row request (20 KiB of JSON) costs more in rows than in the
     model call: grouping those would only delay the first answers."""

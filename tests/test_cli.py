@@ -213,6 +213,7 @@ def test_serve_execs_gunicorn_with_the_repository_config(monkeypatch, tmp_path):
     assert env["DEPOT_MODELS"] == "/elsewhere"
 
 
+@pytest.mark.server
 def test_serve_runs_a_server(tmp_path):
     """The real thing: ``python -m app serve`` becomes gunicorn and serves --models."""
     shutil.copytree(MODELS / SVM, tmp_path / "models" / SVM)

@@ -5,7 +5,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app import codec
+from app.v2 import codec
 from app.errors import BadRequest
 
 

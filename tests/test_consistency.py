@@ -13,6 +13,8 @@ import requests
 
 from conftest import output, run_server, spread, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 XGB = "mushroom-xgboost"
 STORES = ["sqlite", "postgresql"]
 

@@ -15,6 +15,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import MODELS, output, run_server, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 HTML_NAME = "<img src=x onerror=window.pwned=1>"
 XGB = "mushroom-xgboost version v0.1.0"
 SVM = "mnist-svm version v0.1.0"

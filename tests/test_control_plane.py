@@ -16,6 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import output, slow_artifact, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 XGB = "mushroom-xgboost"
 KEY = "s3cret-key"
 

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import output, v2_body
 
+pytestmark = pytest.mark.server
+
 
 def test_health(server):
     assert server.get("/v2/health/live").json() == {"live": True}
@@ -91,7 +93,7 @@ def test_nested_data_equals_flat(server, digits):
 @pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8",
                                       "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"])
 def test_every_numeric_datatype(server, digits, mnist_model, datatype):
-    from app.codec import DTYPES
+    from app.v2.codec import DTYPES
 
     x = digits[:8].astype(DTYPES[datatype])
     body = v2_body(x, datatype)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from flask import Flask
 
-from app import api
+from app.web import api
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -27,6 +27,8 @@ from sklearn.datasets import load_digits
 
 from conftest import MODELS, output, run_server, v2_body
 
+pytestmark = pytest.mark.server
+
 TEXTS = ["cheap pills now", "meeting at noon", "win money fast", "lunch tomorrow?",
          "free prize inside", "see you at the office", "cheap money prize", "notes from today"]
 LABELS = ["spam", "ham", "spam", "ham", "spam", "ham", "spam", "ham"]

@@ -5,7 +5,8 @@ import logging
 
 from flask import Flask
 
-from app import errors
+from app import errors as depot_errors
+from app.web import errors
 
 
 def make_app() -> Flask:
@@ -18,7 +19,7 @@ def make_app() -> Flask:
 
     @app.get("/missing")
     def missing():
-        raise errors.ModelNotFound("model 'x' not found")
+        raise depot_errors.ModelNotFound("model 'x' not found")
 
     return app
 

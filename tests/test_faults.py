@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import snapshots as snapshot_files
+from app.registry import snapshots as snapshot_files
 from app.errors import InsufficientStorage, ModelBusy, StateUnavailable
 from app.registry import LOAD_INTERRUPTED, Registry
 from app.settings import Settings
@@ -153,6 +153,7 @@ def test_a_deleted_database_is_refused_not_made_again(registry):
 
 # -- a live server: a hung loader --------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_load_stuck_behind_a_stopped_loader_answers_409(make_server, digits, mnist_model):
     """A second load waits DEPOT_LOCK_TIMEOUT seconds, then answers 409;
     meanwhile the other models' index, readiness and inference stay fast."""

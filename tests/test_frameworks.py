@@ -26,6 +26,8 @@ from sklearn.preprocessing import StandardScaler
 
 from conftest import output, run_server, v2_body
 
+pytestmark = pytest.mark.server
+
 RNG = np.random.default_rng(5)
 X = RNG.random((300, 4)).astype(np.float32)
 Y = (X[:, 0] + X[:, 1] > 1).astype(int)

@@ -1,10 +1,10 @@
-"""Framing (app/framing.py) in-process: when a buffered request is whole, how
+"""Framing (app/server/framing.py) in-process: when a buffered request is whole, how
 long it is, and which bodies are refused before any app sees them."""
 from __future__ import annotations
 
 import pytest
 
-from app.framing import Framed, Malformed, RequestFramer
+from app.server.framing import Framed, Malformed, RequestFramer
 
 HEAD = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
 

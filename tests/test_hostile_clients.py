@@ -20,6 +20,8 @@ import requests
 from conftest import Server, run_server, slow_artifact, v2_body, wait_until
 from rawhttp import closed_by_server, connect, read_response, request
 
+pytestmark = pytest.mark.server
+
 HEAD = (b"POST /v2/models/mnist-svm/infer HTTP/1.1\r\nHost: depot\r\n"
         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from conftest import output, spread, v2_body
+
+pytestmark = pytest.mark.server
 
 
 def test_corrupt_model_at_startup_and_on_load(make_server, digits, mnist_model, tmp_path):

@@ -1,6 +1,6 @@
 """One copy of every model in memory, however many workers: a model loaded
 through the repository API, or reloaded, costs what a preloaded one costs
-(the master loads it and fresh forks replace the workers, app/master.py),
+(the master loads it and fresh forks replace the workers, app/registry/master.py),
 and replacing the workers that way loses no request. Real gunicorn, 4
 workers, PSS of the whole process tree from /proc/<pid>/smaps_rollup."""
 from __future__ import annotations
@@ -23,6 +23,8 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from app.registry import SHARED_FROM
 from conftest import MODELS, Server, output, run_server, spread, v2_body, wait_until
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 FOREST = "forest"
 DIGITS = "digits-forest"
@@ -94,7 +96,7 @@ def settles_under(server: Server, bound: float) -> float:
 
 def serving(server: Server) -> set[int]:
     """The workers that serve: started (a ready flag), not stopping (no quiet
-    flag), as the master sees them (app/master.py)."""
+    flag), as the master sees them (app/registry/master.py)."""
     flags = server.state / "workers"
     ready = {int(p.stem) for p in flags.glob("*.ready")}
     return server.worker_pids() & (ready - {int(p.stem) for p in flags.glob("*.quiet")})

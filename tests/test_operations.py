@@ -19,7 +19,8 @@ import pytest
 import requests
 from sklearn.dummy import DummyClassifier
 
-from app import create_app, openapi
+from app import create_app
+from app.web import openapi
 from app.settings import Settings
 from conftest import MODELS, output, run_server, spread, v2_body, wait_until
 
@@ -140,8 +141,8 @@ def test_held_access_lines_are_what_the_formatter_writes(tmp_path):
 
     from gunicorn.config import Config
 
-    from app.logs import JsonFormatter, JsonLogger
-    from app.worker import HOLDS_WRITES
+    from app.server.logs import JsonFormatter, JsonLogger
+    from app.environ import HOLDS_WRITES
 
     cfg = Config()
     cfg.set("accesslog", str(tmp_path / "access.log"))
@@ -192,8 +193,8 @@ def test_held_access_lines_are_byte_for_byte_the_whole_line_dumped(tmp_path):
 
     from gunicorn.config import Config
 
-    from app import logs
-    from app.worker import HOLDS_WRITES
+    from app.server import logs
+    from app.environ import HOLDS_WRITES
 
     cfg = Config()
     cfg.set("accesslog", str(tmp_path / "access.log"))
@@ -233,6 +234,7 @@ class _WarnsWhenLoaded:
         return (warnings.warn, ("this artifact was saved by another version",))
 
 
+@pytest.mark.server
 def test_a_librarys_warnings_while_loading_are_json_events(tmp_path, digits):
     (tmp_path / "models" / "noted").mkdir(parents=True)
     model = DummyClassifier(strategy="most_frequent").fit(digits[:10], [3] * 10)
@@ -277,6 +279,7 @@ def wakeups(server) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_an_idle_server_sleeps_and_still_serves_a_change_at_once(make_server, digits):
     """Every wake-up of an idle thread takes CPU from whatever runs beside
     it, and, under load, the GIL from a request: an idle deployment wakes
@@ -338,6 +341,7 @@ class _SlowToLoad:
         return (time.sleep, (4,))
 
 
+@pytest.mark.server
 def test_readiness_is_503_while_models_load(tmp_path):
     from conftest import run_server
 

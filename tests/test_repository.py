@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from app import repository
+from app.registry import repository
 from conftest import MODELS, output, v2_body, wait_until
 
 
@@ -151,6 +151,7 @@ def test_symlinks(tmp_path, links, settings, follow, name, error):
     assert repository.find(root, name, follow_symlinks=follow) == [spec]
 
 
+@pytest.mark.slow
 def test_a_symlink_out_of_the_folder_is_refused_by_the_server(make_server, tmp_path, digits,
                                                               mnist_model):
     shutil.copytree(MODELS, tmp_path / "models", ignore=shutil.ignore_patterns("*.py"))

@@ -7,8 +7,8 @@ from flask import Flask, session
 from werkzeug.test import EnvironBuilder
 
 import rawhttp
-from app.responses import WholeResponse
-from app.sessions import NoSessions
+from app.web.responses import WholeResponse
+from app.web.sessions import NoSessions
 from conftest import v2_body
 
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import shutil
 
 import joblib
+import pytest
 from sklearn.dummy import DummyClassifier
 
 from app.registry import CHANGED_ON_DISK, NOT_SERVED_HERE
+
 from conftest import Server, output, v2_body
+
+pytestmark = pytest.mark.server
 
 XGB = "mushroom-xgboost"
 MNIST = "mnist-svm"
@@ -19,6 +23,7 @@ def events(server: Server) -> set[tuple[str, str]]:
     return set(server.events())
 
 
+@pytest.mark.slow
 def test_a_restart_keeps_what_was_unloaded_and_what_was_loaded(make_server, digits, mnist_model,
                                                                 mushrooms):
     with make_server(workers=2) as server:

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from conftest import run_server
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def served_schema(tmp_path_factory):

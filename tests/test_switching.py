@@ -15,6 +15,8 @@ import xgboost as xgb
 
 from conftest import ROOT, output, run_server, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 RNG = np.random.default_rng(11)
 X = RNG.random((200, 5)).astype(np.float32)
 DOC = (ROOT / "docs" / "runtimes.md").read_text()

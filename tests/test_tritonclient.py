@@ -6,6 +6,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture
 def client(server):

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Iterator
 
 import joblib
+import pytest
 import requests
 from sklearn.dummy import DummyClassifier
 
 from app.registry import NOT_SERVED_HERE
+
 from conftest import MODELS, Server, output, run_server, spread, v2_body, wait_until
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 MNIST = "mnist-svm"
 XGB = "mushroom-xgboost"

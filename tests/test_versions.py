@@ -10,6 +10,8 @@ from sklearn.datasets import load_digits
 
 from conftest import MODELS, output, run_server, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):

@@ -9,6 +9,8 @@ import requests
 
 from conftest import ROOT, output, v2_body
 
+pytestmark = pytest.mark.server
+
 XGB = "mushroom-xgboost"
 
 

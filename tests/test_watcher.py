@@ -17,6 +17,8 @@ import xgboost as xgb
 
 from conftest import MODELS, output, run_server, spread, v2_body, wait_until
 
+pytestmark = pytest.mark.server
+
 SVM = MODELS / "mnist-svm" / "model.joblib"
 XGB = MODELS / "mushroom-xgboost" / "model.json"
 

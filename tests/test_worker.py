@@ -1,4 +1,4 @@
-"""The keep-alive worker (app/worker.py), spoken to over raw sockets: kept and
+"""The keep-alive worker (app/server/worker.py), spoken to over raw sockets: kept and
 pipelined connections, the ways a connection ends, and slow clients."""
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import requests
 
 from conftest import Server, slow_artifact, v2_body, wait_until
 from rawhttp import closed_by_server, connect, owners, read_response, request
+
+pytestmark = pytest.mark.server
 
 
 def test_connection_is_kept_across_requests(server: Server, digits: np.ndarray, mnist_model) -> None:
@@ -184,6 +186,7 @@ def test_unread_body_does_not_leak_into_the_next_request(server: Server, size: i
         assert (status, json.loads(reply)["ready"]) == (200, True)
 
 
+@pytest.mark.slow
 def test_a_long_request_does_not_hold_up_new_connections(make_server) -> None:
     """While one worker spends seconds on a load, requests on new connections
     go to the free worker, as they would with gunicorn's sync worker."""

@@ -44,7 +44,7 @@ from psycopg.pq import TransactionStatus
 
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
 from ..settings import SettingsError
-from . import COLUMNS, MARKS, Row, key
+from .rows import COLUMNS, MARKS, Row, key
 from . import folder as state_folder
 
 log = logging.getLogger("depot")

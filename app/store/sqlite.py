@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..forks import guarded
 from ..errors import DepotError, InsufficientStorage, ModelBusy, StateUnavailable
 from . import folder as state_folder
-from . import LOADING, READY, UNAVAILABLE, COLUMNS, MARKS, Row, key  # noqa: F401  (re-exported)
+from .forks import guarded
+from .rows import COLUMNS, LOADING, MARKS, READY, UNAVAILABLE, Row, key  # noqa: F401  (re-exported)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (

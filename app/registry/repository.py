@@ -25,13 +25,10 @@ from typing import Any
 
 import runtimes
 
+from ..settings import SERVER_SETTINGS
 from . import snapshots
 
 SETTINGS_FILE = "model-settings.json"
-#: MLServer's server settings, at the top of an ``mlserver start .`` project:
-#: never a model; ``model_repository_root`` and ``load_models_at_startup``
-#: are honoured (app/settings.py), every other field is ignored
-SERVER_SETTINGS = "settings.json"
 #: how deep below a folder with no model of its own model-settings.json
 #: files are looked for, as MLServer looks for them
 SETTINGS_DEPTH = 4
@@ -55,7 +52,7 @@ class ModelSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     inputs: list[dict[str, Any]] | None = None
     outputs: list[dict[str, Any]] | None = None
-    #: requests one model call may answer (app/batching.py); 0 or 1: each alone
+    #: requests one model call may answer (app/v2/batching.py); 0 or 1: each alone
     max_batch_size: int = 0
     error: str | None = None
 
@@ -212,16 +209,6 @@ def _settings_below(folder: Path, depth: int = SETTINGS_DEPTH) -> list[Path]:
         else:
             found.extend(_settings_below(child, depth - 1))
     return found
-
-
-def server_settings(root: Path) -> dict[str, Any]:
-    """The MLServer server settings at the top of ``root`` ({} if none or
-    unreadable: a bad one is MLServer's business, not a reason to stop)."""
-    try:
-        found = json.loads((root / SERVER_SETTINGS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _version(base: ModelSpec, folder: Path) -> ModelSpec:

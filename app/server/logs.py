@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from gunicorn.glogging import Logger
 
-from .worker import HOLDS_WRITES
+from ..environ import HOLDS_WRITES, MODEL, REQUEST_ID
 
 #: LogRecord attributes that are not extra fields
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -103,8 +103,8 @@ class JsonLogger(Logger):
         if not self._logs_access:
             return
         self._held.append((time.time(), environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                           resp.status, request_time, environ.get("depot.model"),
-                           environ.get("depot.request_id"), environ.get("REMOTE_ADDR")))
+                           resp.status, request_time, environ.get(MODEL),
+                           environ.get(REQUEST_ID), environ.get("REMOTE_ADDR")))
         if not environ.get(HOLDS_WRITES) or len(self._held) >= self.HELD_LINES:
             self.write_held()
 

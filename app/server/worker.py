@@ -46,16 +46,17 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 from gunicorn.workers import base
 
-from . import batching
+from ..environ import HOLDS_WRITES
+from ..settings import Settings
+from ..v2 import batching
 from .framing import Framed, Malformed, RequestFramer
-from .settings import Settings
 
 # Bytes asked of the kernel per recv(), and read from one connection per turn
 # at most, so one fast sender cannot keep the worker from the others.
 RECV_SIZE = 64 << 10
 READ_PER_TURN = 4 << 20
 #: seconds a stopping worker waits for the next request on an idle keep-alive
-#: connection before it says it is quiet (app/master.py replaces workers so)
+#: connection before it says it is quiet (app/registry/master.py replaces workers so)
 RETIRE_GRACE = 1.0
 # A connection the server ends is half-closed first, and what the client still
 # sends is read and dropped, up to this many seconds and bytes: closing with
@@ -91,11 +92,6 @@ MAX_BATCH = 64
 #: call, and a larger group would only hold back its first answers (measured:
 #: p99 rose 20-40% when 64-row requests were grouped by 16)
 MAX_BATCH_BYTES = 16 << 10
-#: the environ key that tells the app this worker calls ``on_idle`` once it
-#: has been idle for IDLE_WRITE seconds: what the app writes for each
-#: request (counts, log lines) may be held until then, off the answer's
-#: path, and written once for every request served in the meantime
-HOLDS_WRITES = "depot.holds_writes"
 #: seconds without a request before a worker writes what it holds; a
 #: client that sends one request at a time sends the next sooner
 IDLE_WRITE = 0.001
@@ -304,13 +300,13 @@ class KeepAliveWorker(base.Worker):
     #: written then
     on_idle: Callable[[], None] | None = None
     #: how many requests for a path one model call may answer (below 2:
-    #: none are grouped); see :meth:`batch_mates` and app/batching.py
+    #: none are grouped); see :meth:`batch_mates` and app/v2/batching.py
     batch_limit: Callable[[str], int] | None = None
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
         if cfg.is_ssl:
-            raise RuntimeError("app.worker.KeepAliveWorker serves plain HTTP; "
+            raise RuntimeError("app.server.worker.KeepAliveWorker serves plain HTTP; "
                                "terminate TLS in front of it or use the sync worker")
 
     def init_process(self) -> None:

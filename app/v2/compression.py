@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 #: zlib window bits: gzip framing, or zlib framing (what HTTP calls deflate)
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

@@ -22,9 +22,9 @@ import orjson
 from flask import Blueprint, Response, current_app, render_template
 
 from .api import SERVER_NAME, SERVER_VERSION, metrics, registry
-from .errors import json_response
-from .metrics import BUCKETS
-from .store import READY, Row
+from ..metrics import BUCKETS
+from ..store import READY, Row
+from .responses import json_response
 
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/console/static")

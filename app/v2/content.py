@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .codec import InferenceRequest, Tensor
-from .errors import BadRequest
+from ..errors import BadRequest
 
 REQUEST_TYPES = ("np", "pd", "str")
 INPUT_TYPES = ("np", "str", "base64", "datetime")

@@ -430,7 +430,7 @@ class Tracker:
         self._start = self._last = time.perf_counter()
         self._phases: list[float] = []
         self.rows = 0
-        self.executions = 1  # model calls counted for it (app/batching.py)
+        self.executions = 1  # model calls counted for it (app/v2/batching.py)
 
     def phase_done(self) -> None:
         now = time.perf_counter()

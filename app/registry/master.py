@@ -47,8 +47,8 @@ from typing import Any
 import orjson
 
 from . import cache
-from .errors import DepotError
-from .store import Row, key
+from ..errors import DepotError
+from ..store import Row, key
 
 log = logging.getLogger("depot.master")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from flask import Response
 
 
@@ -26,3 +27,11 @@ class WholeResponse(Response):
                 and environ["REQUEST_METHOD"] != "HEAD"):
             return self.response, self.status, self.headers.to_wsgi_list()
         return super().get_wsgi_response(environ)
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return WholeResponse(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)

@@ -15,13 +15,14 @@ from flask import Blueprint, Response, current_app, request
 from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from . import batching, codec, compression, content, openapi
-from .errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized, json_response
-from .metrics import Metrics
-from .registry import Registry
-from .responses import WholeResponse
-from .store import Row
-from .worker import HOLDS_WRITES
+from ..environ import HOLDS_WRITES, MODEL, REQUEST_ID
+from ..errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized
+from ..metrics import Metrics
+from ..registry import Registry
+from ..store import Row
+from ..v2 import batching, codec, compression, content
+from . import openapi
+from .responses import WholeResponse, json_response
 
 bp = Blueprint("v2", __name__)
 
@@ -93,7 +94,7 @@ def model_config(name: str, version: str | None = None) -> Response:
     metadata. It says ``max_batch_size`` 0, so every ``dims`` is the whole
     shape, the batch dimension (-1) included: clients send whole batches. A
     model's own ``max_batch_size`` (the worker answering waiting requests
-    together, app/batching.py) changes nothing a client sends."""
+    together, app/v2/batching.py) changes nothing a client sends."""
     row = registry().row(name, version)
     details = orjson.loads(row.details)
     return json_response({
@@ -128,7 +129,7 @@ def infer(name: str, version: str | None = None) -> Response:
     # up at a thousand requests a second.
     ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
     app, environ = ctx.app, ctx.request.environ
-    environ["depot.model"] = name  # for the access log line
+    environ[MODEL] = name  # for the access log line
     row, runtime = app.extensions["depot"].get_ready(name, version)
     with app.extensions["depot.metrics"].track(row.name, row.version,
                                                environ.get(HOLDS_WRITES, False)) as track:
@@ -136,7 +137,7 @@ def infer(name: str, version: str | None = None) -> Response:
         body = compression.decompress(request_body(environ, limit),
                                       environ.get("HTTP_CONTENT_ENCODING"), limit)
         req = codec.decode_request(body, header_length(environ))
-        environ["depot.request_id"] = req.id
+        environ[REQUEST_ID] = req.id
         x = content.model_input(req, runtime.content_type)
         track.rows = len(x) if getattr(x, "ndim", 1) else 1
         track.phase_done()

@@ -31,14 +31,14 @@ import orjson
 import runtimes
 
 from . import repository, snapshots
-from .errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
+from ..errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
                      ModelNotReady, StateUnavailable)
 from .repository import ModelSpec, version_key
-from .settings import Settings
+from ..settings import Settings
 from . import cache
 from .cache import Key, Refused, RuntimeCache
 from .snapshots import ArtifactDiffers, Snapshots
-from .store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
+from ..store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
 
 log = logging.getLogger("depot.registry")
 
@@ -49,7 +49,7 @@ LEASE_LAPSED = ("this host has lost touch with the deployment's state store for 
                 "DEPOT_LEASE_SECONDS; it serves again once it is back")
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 #: artifacts from this size on are loaded by the gunicorn master and shared by
-#: fresh workers (app/master.py); a smaller model costs each worker less than
+#: fresh workers (app/registry/master.py); a smaller model costs each worker less than
 #: replacing the workers does (a fork each, and about a second)
 SHARED_FROM = 1 << 20
 #: seconds between sync passes once the state has not changed for a while:
@@ -113,7 +113,7 @@ class Registry:
         self._syncing = 0  # the process whose sync thread runs
         #: the generation whose older snapshots sync last removed, by key
         self._swept: dict[Key, int] = {}
-        #: the gunicorn master (app/master.py), in it and in its workers
+        #: the gunicorn master (app/registry/master.py), in it and in its workers
         self.master: Any = None
         #: set in a worker that is stopping: its sync builds no new copies
         self.retiring = False
@@ -177,7 +177,7 @@ class Registry:
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
 
     def batch_limit(self, name: str, version: str | None = None) -> int:
-        """The model's ``max_batch_size`` if it is READY (app/batching.py),
+        """The model's ``max_batch_size`` if it is READY (app/v2/batching.py),
         else 0; never raises."""
         try:
             row = self.row(name, version)
@@ -566,7 +566,7 @@ class Registry:
     def _prepare(self, spec: ModelSpec, stored: Row | None) -> "_Prepared":
         """Copy one version's artifact to a snapshot, load and verify it
         here, and, in a gunicorn worker, have the master stage its own copy
-        (app/master.py). The copy comes before the row says LOADING, and a
+        (app/registry/master.py). The copy comes before the row says LOADING, and a
         failure removes the snapshot it began: a state folder too full for
         the copy leaves the row as it was, and no half-written copy stays."""
         if spec.error:
@@ -624,7 +624,7 @@ class Registry:
 
     def _shares_copies(self) -> bool:
         """Whether this process is a gunicorn worker whose master holds the
-        copies the workers share (app/master.py)."""
+        copies the workers share (app/registry/master.py)."""
         return self.master is not None and self.master.in_worker()
 
     def _replace_workers(self) -> None:

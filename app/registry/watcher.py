@@ -24,8 +24,8 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .errors import DepotError
-from .registry import Registry
+from ..errors import DepotError
+from . import Registry
 from .repository import ignored
 
 log = logging.getLogger("depot.watcher")

@@ -25,7 +25,7 @@ from typing import Callable
 
 import runtimes
 
-from .store import Row
+from ..store import Row
 
 Key = tuple[str, str]  # (name, version); version "" when the model has none
 

@@ -18,7 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from .store import Row, key
+from ..store import Row, key
 
 #: bytes read and written at a time while copying and hashing
 CHUNK = 1 << 20

@@ -18,7 +18,7 @@ import orjson
 
 from runtimes.base import RequestedOutput
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 # V2 datatype -> numpy dtype; the inverse is derived, never written twice.
 DTYPES: dict[str, np.dtype] = {

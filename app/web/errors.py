@@ -1,0 +1,64 @@
+"""The one place HTTP answers a failure: every error becomes the
+``{"error": "..."}`` body that tritonclient and curl users read.
+
+Depot's errors (app/errors.py) and a runtime's
+:class:`~runtimes.base.InputRejected` keep their status; werkzeug's routing
+errors keep theirs and their headers; anything else is a 500 with a request
+id and no traceback.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from runtimes.base import InputRejected
+
+from ..environ import REQUEST_ID
+from ..errors import DepotError
+from .responses import error_response
+
+log = logging.getLogger("depot")
+
+
+def _depot_error(e: DepotError) -> Response:
+    response = error_response(e.message, e.status)
+    response.headers.update(e.headers)
+    return response
+
+
+def _input_rejected(e: InputRejected) -> Response:
+    """A runtime's refusal of the request (runtimes/ knows nothing of Depot's
+    errors): the same 400 body as a BadRequest."""
+    return error_response(e.message, e.status)
+
+
+def _http_error(e: HTTPException) -> Response:
+    """Routing errors (404, 405, 413) keep werkzeug's status and headers
+    (``Allow`` on 405) but get Depot's JSON body."""
+    response = e.get_response()
+    if e.code == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"request body too large: the limit is {limit} bytes (DEPOT_MAX_BODY_BYTES)"
+    else:
+        message = e.name if e.code in (404, 405) else e.description
+    response.set_data(orjson.dumps({"error": message}))
+    response.mimetype = "application/json"
+    return response
+
+
+def _unexpected(e: Exception) -> Response:
+    request_id = uuid.uuid4().hex[:12]
+    request.environ[REQUEST_ID] = request_id  # the access log line carries it too
+    log.exception("internal error (id %s)", request_id, extra={"request_id": request_id})
+    return error_response(f"internal error (id {request_id})", 500)
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(DepotError, _depot_error)
+    app.register_error_handler(InputRejected, _input_rejected)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
