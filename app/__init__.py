@@ -1,11 +1,11 @@
 """Depot: a V2 / Open Inference Protocol model server on Flask and gunicorn.
 
 The folders are the path of one request: ``server/`` (gunicorn's worker) ->
-``web/`` (the Flask routes) -> ``v2/`` (the protocol) -> ``registry/`` (which
-copy of which model serves) -> ``runtimes/`` (the model itself), with the
-shared truth in ``store/`` and the counts in ``metrics/``. Importing this
-package imports none of them: ``python -m app`` (the command line) needs no
-Flask and no numpy.
+``web/`` (the Flask routes) -> ``v2/`` (the protocol's core) -> ``registry/``
+(which copy of which model serves) -> ``runtimes/`` (the model itself), with
+the shared truth in ``store/`` and the counts in ``metrics/``; ``depot.py``
+wires them. Importing this package imports none of them: ``python -m app``
+(the command line) needs no Flask and no numpy.
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ __all__ = ["create_app"]
 
 def create_app(settings: "Settings | None" = None) -> "Flask":
     """The Flask app serving ``settings`` (read from the environment if not
-    given); gunicorn imports it from app/wsgi.py."""
-    from .web import create_app as build
+    given), over a :class:`~app.depot.Depot` built from them; gunicorn
+    imports it from app/wsgi.py."""
+    from .depot import Depot
+    from .settings import Settings
+    from .web import create_app as web_app
 
-    return build(settings)
+    return web_app(Depot(settings or Settings.from_env()))

@@ -50,9 +50,9 @@ def sections(samples: Path, requests: int) -> None:
     state = Path(tempfile.mkdtemp(prefix="depot-instructions-"))
     app = create_app(Settings(models=ROOT / "models", state_dir=state, watch=False,
                               sync_interval=1e9))
-    registry = app.extensions["depot"]
+    registry = app.extensions["depot"].registry
     registry.startup()
-    counts = app.extensions["depot.metrics"]
+    counts = app.extensions["depot"].metrics
     logger = phases.access_logger()
     status = SimpleNamespace(status="200 OK")
     took = timedelta(microseconds=500)

@@ -60,8 +60,8 @@ def in_context(app, environ: dict, body: bytes, work):
 
 
 def phases(app, model: str, body: bytes, seconds: float) -> dict[str, float]:
-    registry = app.extensions["depot"]
-    metrics = app.extensions["depot.metrics"]
+    registry = app.extensions["depot"].registry
+    metrics = app.extensions["depot"].metrics
     environ = EnvironBuilder(path=f"/v2/models/{model}/infer", method="POST", data=body,
                              content_type="application/json").get_environ()
     adapter = app.url_map.bind_to_environ(environ)
@@ -134,7 +134,7 @@ def phases(app, model: str, body: bytes, seconds: float) -> dict[str, float]:
 def main(samples: Path, seconds: float) -> None:
     state = Path(tempfile.mkdtemp(prefix="depot-phases-"))
     app = create_app(Settings(models=ROOT / "models", state_dir=state, watch=False))
-    registry = app.extensions["depot"]
+    registry = app.extensions["depot"].registry
     registry.startup()
     for model in ("mnist-svm", "mushroom-xgboost"):
         registry.load(model)

@@ -1,43 +1,39 @@
-"""The HTTP surface: V2 dataplane and the Model Repository extension.
+"""The REST door: the V2 routes and the Model Repository extension over HTTP.
 
-Thin on purpose: parse, call the registry or the runtime, encode. Every route
-that names a model also answers under ``/versions/<version>/``.
+Thin on purpose: read the HTTP request into the core's plain types, call the
+core (app/v2/core.py), which holds every rule, and write its answer as JSON
+(errors are written in app/web/errors.py). Every route that names a model
+also answers under ``/versions/<version>/``.
 """
 from __future__ import annotations
 
-import contextlib
-import hmac
-import time
-from typing import Any, Iterator
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from flask import Blueprint, Response, current_app, request
 from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from ..environ import HOLDS_WRITES, MODEL, REQUEST_ID
-from ..errors import BadRequest, ModelNotFound, RequestTimeout, Unauthorized
-from ..metrics import Metrics
-from ..registry import Registry
-from ..store import Row
-from ..v2 import batching, codec, compression, content
+from ..errors import BadRequest, RequestTimeout
+from ..v2 import batching, codec, compression
 from . import openapi
 from .responses import WholeResponse, json_response
 
+if TYPE_CHECKING:
+    from ..depot import Depot
+    from ..store import Row
+    from ..v2.core import DataPlane, IndexEntry
+
 bp = Blueprint("v2", __name__)
 
-SERVER_NAME = "depot"
-SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "binary_tensor_data",
-              "classification", "statistics"]
 
-
-def registry() -> Registry:
+def depot() -> "Depot":
     return current_app.extensions["depot"]
 
 
-def metrics() -> Metrics:
-    return current_app.extensions["depot.metrics"]
+def core() -> "DataPlane":
+    return current_app.extensions["depot"].core
 
 
 def model_route(rule: str, **options: Any):
@@ -58,7 +54,7 @@ def live() -> Response:
 
 @bp.get("/v2/health/ready")
 def ready() -> Response:
-    problem = registry().unready_reason()
+    problem = core().unready_reason()
     if problem is not None:
         return json_response({"ready": False, "error": problem}, 503)
     return json_response({"ready": True})
@@ -67,57 +63,36 @@ def ready() -> Response:
 @bp.get("/v2")
 @bp.get("/v2/")  # as the Open Inference Protocol's REST spec writes it
 def server_metadata() -> Response:
-    return json_response({"name": SERVER_NAME, "version": SERVER_VERSION,
-                          "extensions": EXTENSIONS,
-                          "depot": {"watcher_pid": registry().watcher_pid()}})
+    meta = core().server_metadata()
+    return json_response({"name": meta.name, "version": meta.version,
+                          "extensions": list(meta.extensions),
+                          "depot": {"watcher_pid": meta.watcher_pid}})
 
 
 # -- models -------------------------------------------------------------------
 
 @model_route("")
 def model_metadata(name: str, version: str | None = None) -> Response:
-    row = registry().row(name, version)
-    details = orjson.loads(row.details)
-    return json_response({
-        "name": row.name,
-        "versions": registry().versions(row.name),
-        "platform": row.runtime or "",
-        "inputs": details.get("inputs") or [],
-        "outputs": details.get("outputs") or [],
-    })
+    return json_response(dataclasses.asdict(core().model_metadata(name, version)))
 
 
 @model_route("/config")
 def model_config(name: str, version: str | None = None) -> Response:
-    """Triton's model configuration, for ``tritonclient``'s
-    ``get_model_config`` and the tools built on it, made from the same
-    metadata. It says ``max_batch_size`` 0, so every ``dims`` is the whole
-    shape, the batch dimension (-1) included: clients send whole batches. A
-    model's own ``max_batch_size`` (the worker answering waiting requests
-    together, app/v2/batching.py) changes nothing a client sends."""
-    row = registry().row(name, version)
-    details = orjson.loads(row.details)
+    """Triton's model configuration (app/v2/core.py says what it holds)."""
+    config = core().model_config(name, version)
     return json_response({
-        "name": row.name,
-        "platform": row.runtime or "",
-        "backend": row.runtime or "",
-        "max_batch_size": 0,
-        "input": [triton_tensor(t) for t in details.get("inputs") or []],
-        "output": [triton_tensor(t) for t in details.get("outputs") or []],
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "input": [dataclasses.asdict(t) for t in config.inputs],
+        "output": [dataclasses.asdict(t) for t in config.outputs],
     })
-
-
-def triton_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
-    """A V2 tensor's metadata as a Triton configuration writes it."""
-    datatype = tensor.get("datatype", "")
-    return {"name": tensor.get("name", ""),
-            "data_type": "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}",
-            "dims": list(tensor.get("shape") or [])}
 
 
 @model_route("/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
-    registry().get_ready(name, version)
+    core().model_ready(name, version)
     return json_response({"name": name, "ready": True})
 
 
@@ -130,26 +105,17 @@ def infer(name: str, version: str | None = None) -> Response:
     ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
     app, environ = ctx.app, ctx.request.environ
     environ[MODEL] = name  # for the access log line
-    row, runtime = app.extensions["depot"].get_ready(name, version)
-    with app.extensions["depot.metrics"].track(row.name, row.version,
-                                               environ.get(HOLDS_WRITES, False)) as track:
+    with app.extensions["depot"].core.inference(name, version,
+                                                environ.get(HOLDS_WRITES, False)) as call:
         limit = app.config["MAX_CONTENT_LENGTH"]
         body = compression.decompress(request_body(environ, limit),
                                       environ.get("HTTP_CONTENT_ENCODING"), limit)
         req = codec.decode_request(body, header_length(environ))
         environ[REQUEST_ID] = req.id
-        x = content.model_input(req, runtime.content_type)
-        track.rows = len(x) if getattr(x, "ndim", 1) else 1
-        track.phase_done()
-        seat = environ.get(batching.SEAT)  # the worker grouped it with others
-        if seat is None:
-            results = runtime.infer(x, req.outputs)
-        else:
-            results = seat.infer(runtime, x, req.outputs)
-            track.executions = seat.executions
-        track.phase_done()
-        response = infer_response(row, req, results, environ.get("HTTP_ACCEPT_ENCODING"))
-        track.phase_done()
+        # the worker may have seated it with others for one model call
+        results = call.run(req, environ.get(batching.SEAT))
+        response = infer_response(call.row, req, results, environ.get("HTTP_ACCEPT_ENCODING"))
+        call.encoded()
     return response
 
 
@@ -214,17 +180,18 @@ def header_length(environ: dict[str, Any]) -> int | None:
 @model_route("/stats")
 def statistics(name: str | None = None, version: str | None = None) -> Response:
     """Triton's statistics extension, summed over every worker."""
-    return json_response({"model_stats": metrics().statistics(registry().stats_keys(name, version))})
+    return json_response({"model_stats": core().statistics(name, version)})
 
 
 @bp.get("/v2/openapi.json")
 def openapi_document() -> Response:
-    return json_response(openapi.document(SERVER_VERSION))
+    return json_response(openapi.document(core().server_metadata().version))
 
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    return Response(metrics().exposition(registry().store.rows),
+    parts = depot()
+    return Response(parts.metrics.exposition(parts.registry.store.rows),
                     mimetype="text/plain; version=0.0.4")
 
 
@@ -232,11 +199,7 @@ def prometheus() -> Response:
 
 def control_body() -> dict[str, Any]:
     """Check the API key, then read the body (empty means ``{}``)."""
-    key = current_app.config["DEPOT_API_KEY"]
-    if key is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            raise Unauthorized("repository calls need 'Authorization: Bearer <DEPOT_API_KEY>'")
+    core().authorize(request.headers.get("Authorization"))
     return codec.parse_object(request_body(request.environ,
                                            current_app.config["MAX_CONTENT_LENGTH"]))
 
@@ -244,58 +207,27 @@ def control_body() -> dict[str, Any]:
 @bp.post("/v2/repository/index")
 def repository_index() -> Response:
     body = control_body()
-    ready_only = body.get("ready", False)
-    if not isinstance(ready_only, bool):
-        raise BadRequest(f"'ready' must be true or false, got {ready_only!r}")
-    return json_response([index_entry(row) for row in registry().index(ready_only)])
+    return json_response([index_entry(e) for e in core().index(body.get("ready", False))])
 
 
-def index_entry(row: Row) -> dict[str, Any]:
+def index_entry(entry: "IndexEntry") -> dict[str, Any]:
     """A model version as the repository extension lists it; no version
     key for a model that has none, as MLServer and Triton answer."""
-    entry: dict[str, Any] = {"name": row.name}
-    if row.version:
-        entry["version"] = row.version
-    entry["state"] = row.state
-    entry["reason"] = row.reason
-    return entry
+    listed: dict[str, Any] = {"name": entry.name}
+    if entry.version:
+        listed["version"] = entry.version
+    listed["state"] = entry.state
+    listed["reason"] = entry.reason
+    return listed
 
 
 @bp.post("/v2/repository/models/<name>/load")
 def repository_load(name: str) -> Response:
-    parameters = control_body().get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object")
-    unsupported = [k for k in parameters if k == "config" or k.startswith("file:")]
-    if unsupported:
-        raise BadRequest(f"load parameter {unsupported[0]!r} is not supported by Depot")
-    with control_metrics(name, "load"):
-        registry().load(name)
+    core().load(name, control_body().get("parameters"))
     return json_response({"name": name, "load": True})
 
 
 @bp.post("/v2/repository/models/<name>/unload")
 def repository_unload(name: str) -> Response:
-    parameters = control_body().get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object")
-    dependents = parameters.get("unload_dependents", False)
-    if not isinstance(dependents, bool):
-        raise BadRequest(f"'unload_dependents' must be true or false, got {dependents!r}")
-    with control_metrics(name, "unload"):
-        registry().unload(name)
+    core().unload(name, control_body().get("parameters"))
     return json_response({"name": name, "unload": True})
-
-
-@contextlib.contextmanager
-def control_metrics(name: str, action: str) -> Iterator[None]:
-    """Count and time a load or unload of a model the repository knows."""
-    start = time.perf_counter()
-    try:
-        yield
-    except ModelNotFound:
-        raise  # not a model: no series for it
-    except Exception:
-        metrics().control_call(name, action, time.perf_counter() - start, ok=False)
-        raise
-    metrics().control_call(name, action, time.perf_counter() - start, ok=True)

@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, render_template
 
-from .api import SERVER_NAME, SERVER_VERSION, metrics, registry
+from ..v2.core import SERVER_NAME, SERVER_VERSION
+from .api import depot
 from ..metrics import BUCKETS
 from ..store import READY, Row
 from .responses import json_response
@@ -39,8 +40,7 @@ POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'sel
 def page() -> Response:
     response = Response(render_template(
         "console.html", version=SERVER_VERSION, host=socket.gethostname(),
-        initial=state_of_the_server(), key_required=current_app.config["DEPOT_API_KEY"]
-        is not None))
+        initial=state_of_the_server(), key_required=depot().settings.api_key is not None))
     response.headers["Content-Security-Policy"] = POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -52,10 +52,11 @@ def state() -> Response:
 
 
 def state_of_the_server() -> dict[str, Any]:
-    reg = registry()
+    parts = depot()
+    reg = parts.registry
     rows = reg.index(False)
-    traffic = metrics().traffic()
-    started = current_app.config["DEPOT_STARTED"]
+    traffic = parts.metrics.traffic()
+    started = parts.started
     unready = reg.unready_reason()  # a store health check: once
     now = time.time()
     return {
@@ -71,7 +72,7 @@ def state_of_the_server() -> dict[str, Any]:
             "uptime_seconds": now - started,
             "ready": unready is None,
             "unready_reason": unready,
-            "key_required": current_app.config["DEPOT_API_KEY"] is not None,
+            "key_required": parts.settings.api_key is not None,
         },
         "models": [model_entry(reg, row, traffic.get((row.name, row.version))) for row in rows],
     }
