@@ -237,6 +237,37 @@ def make_server(tmp_path: Path) -> Callable[..., contextlib.AbstractContextManag
     return lambda **kw: run_server(tmp_path, **kw)
 
 
+@contextlib.contextmanager
+def in_process(tmp: Path, models: Path | None = MODELS, **settings: Any) -> Iterator[Any]:
+    """Depot's Flask app in this process, over its own copy of ``models`` and
+    its own state folder (SQLite), started as gunicorn's master starts it:
+    no server, no worker, no watcher. What a request means (the codec, the
+    core, the registry) is tested here, where a failure points at its cause."""
+    from app import create_app
+    from app.settings import Settings
+
+    folder = tmp / "models"
+    if models is not None:
+        shutil.copytree(models, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    folder.mkdir(parents=True, exist_ok=True)
+    app = create_app(Settings(models=folder, state_dir=tmp / "state", watch=False,
+                              sync_interval=3600.0, **settings))
+    depot = app.extensions["depot"]
+    depot.registry.startup()
+    try:
+        yield app
+    finally:
+        depot.registry.store.close()
+
+
+@pytest.fixture(scope="module")
+def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The bundled models served in-process, shared by a module's tests that
+    leave them as they found them."""
+    with in_process(tmp_path_factory.mktemp("local")) as app:
+        yield app
+
+
 # -- the example models, loaded the way their own framework does ------------------
 
 @pytest.fixture(scope="session")
