@@ -1,22 +1,19 @@
-"""Every failure Depot reports, as a class whose status is a class attribute.
+"""The failures Depot reports, each a class whose status is a class attribute.
 
 Code that finds a problem raises the class that names it; each door renders
-it in one place (app/web/errors.py for HTTP). Nothing here imports Flask, so
-the registry, the protocol and the server raise these freely; the runtimes
-raise their own :class:`~runtimes.base.InputRejected`, rendered alike.
+it in one place (app/web/errors.py for HTTP). Every one is a
+:class:`runtimes.base.Failure`, as a runtime's
+:class:`~runtimes.base.InputRejected` is, so one renderer serves both.
+Nothing here imports Flask: the registry, the protocol and the server raise
+these freely.
 """
 from __future__ import annotations
 
+from runtimes.base import Failure
 
-class DepotError(Exception):
-    """Base class: an unexpected failure, reported as 500."""
 
-    status = 500
-    headers: dict[str, str] = {}
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else self.__class__.__name__
+class DepotError(Failure):
+    """Base class of the server's own errors: an unexpected failure, 500."""
 
 
 class BadRequest(DepotError):

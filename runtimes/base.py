@@ -14,16 +14,32 @@ from typing import Any, ClassVar
 import numpy as np
 
 
-class InputRejected(ValueError):
+class Failure(Exception):
+    """A failure the server answers with a status and a message: the one
+    protocol every error Depot reports follows.
+
+    The status is a class attribute, never an argument: a class names one
+    kind of failure. A subclass with fields builds its message from them in
+    its ``__init__``. Each door renders any ``Failure`` in one place (REST:
+    a JSON body with this status). It lives here, in the public runtime API,
+    so that a runtime's own errors and the server's are one kind of thing,
+    and ``runtimes/`` needs nothing from ``app/``."""
+
+    status: ClassVar[int] = 500
+    #: headers the answer carries (``WWW-Authenticate`` on a 401, say)
+    headers: ClassVar[dict[str, str]] = {}
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class InputRejected(Failure, ValueError):
     """The request does not fit the model (its shape, its type, what the
     model itself refused): the client's mistake, answered 400 with this
     message. A runtime raises it; the server renders it."""
 
     status = 400
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else type(self).__name__
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The one place HTTP answers a failure: every error becomes the
 ``{"error": "..."}`` body that tritonclient and curl users read.
 
-Depot's errors (app/errors.py) and a runtime's
-:class:`~runtimes.base.InputRejected` keep their status; werkzeug's routing
-errors keep theirs and their headers; anything else is a 500 with a request
-id and no traceback.
+A :class:`~runtimes.base.Failure` (Depot's errors in app/errors.py, and a
+runtime's refusal of its input) keeps its status and headers; werkzeug's
+routing errors keep theirs; anything else is a 500 with a request id and no
+traceback.
 """
 from __future__ import annotations
 
@@ -15,25 +15,18 @@ import orjson
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from runtimes.base import InputRejected
+from runtimes.base import Failure
 
 from ..environ import REQUEST_ID
-from ..errors import DepotError
 from .responses import error_response
 
 log = logging.getLogger("depot")
 
 
-def _depot_error(e: DepotError) -> Response:
+def _failure(e: Failure) -> Response:
     response = error_response(e.message, e.status)
     response.headers.update(e.headers)
     return response
-
-
-def _input_rejected(e: InputRejected) -> Response:
-    """A runtime's refusal of the request (runtimes/ knows nothing of Depot's
-    errors): the same 400 body as a BadRequest."""
-    return error_response(e.message, e.status)
 
 
 def _http_error(e: HTTPException) -> Response:
@@ -58,7 +51,6 @@ def _unexpected(e: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(DepotError, _depot_error)
-    app.register_error_handler(InputRejected, _input_rejected)
+    app.register_error_handler(Failure, _failure)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
