@@ -33,8 +33,10 @@ test-fast: install-test
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+# Depot as it was one commit before runs beside it: the change's cost, if any
+BASELINE ?= HEAD~1
 bench: install-test
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py --baseline $(BASELINE)
 	$(BIN)/python bench/memory.py
 
 # Hostile clients against a real server, measured (docs/architecture.md)

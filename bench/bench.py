@@ -2,6 +2,7 @@
 
 usage: python bench/bench.py [--duration S] [--rounds N] [--pair-rounds N] [--warmup S]
                              [--home DIR] [--skip-mlserver] [--skip-postgres] [--reuse]
+                             [--baseline REV]
 
 Every server runs pinned to CPU 0 and wrk to CPU 1, on the bundled models
 with generated request bodies (1 and 64 rows). Each starts alone first, for
@@ -20,7 +21,10 @@ their ratio, reported too, says how far to trust Depot/model floor. Depot runs
 on each store: SQLite in its state folder, and a private PostgreSQL cluster
 (as the tests start it; skipped when PostgreSQL is not installed). Last, it
 prints bench/phases.py's µs per phase and bench/instructions.py's
-instructions a request, for Depot and the model floor.
+instructions a request, for Depot and the model floor. With ``--baseline
+REV`` (``make bench`` gives the commit before), Depot as it was at REV runs
+too, taking the paired turns beside today's, and a table says whether the
+change lost rps or p99.
 
 Throwaway installs (MLServer's venv, request bodies, logs) go to --home, outside
 the git tree; wrk and valgrind come from Debian's packages.
@@ -61,13 +65,15 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 PORT = 8080
 #: the order the servers take turns in: the ratios that matter most are
 #: between neighbours
-TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "mlserver-fastest", "depot-batched",
+TURNS = ("depot", "model-floor", "depot-2", "model-floor-2", "depot-baseline",
+         "mlserver-fastest", "depot-batched",
          "mlserver-batched", "depot-postgres", "depot-sync", "floor-keepalive", "floor",
          "floor-sync", "mlserver")
 #: the servers of the closest ratio (Depot against the model floor, a few
 #: percent apart, where turns of one second move by tens): after the turns
-#: every server takes, these four take ``--pair-rounds`` more among themselves
-PAIRED = TURNS[:4]
+#: every server takes, these four (and Depot at --baseline) take
+#: ``--pair-rounds`` more among themselves
+PAIRED = TURNS[:5]
 
 
 @dataclass
@@ -444,6 +450,38 @@ def instruction_table(samples: Path) -> str:
     return "\n".join(lines)
 
 
+def baseline_tree(home: Path, rev: str) -> Path | None:
+    """Depot's files as they were at ``rev``, in a folder of their own (the
+    same virtualenv runs them); None if git cannot give them."""
+    tree = home / "baseline"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev],
+                             capture_output=True)
+    if archive.returncode != 0:
+        print(f"# no baseline: git archive {rev}: {archive.stderr.decode().strip()}", flush=True)
+        return None
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def baseline_table(servers: dict[str, Server]) -> str:
+    """Depot now against Depot at --baseline, from the same paired turns:
+    a change that costs rps or p99 shows here."""
+    base = servers.get("depot-baseline")
+    if base is None or not base.results:
+        return ""
+    lines = [f"| case | Depot rps | {base.label} rps | now/then | Depot p99 ms | then p99 ms |",
+             "|---|---|---|---|---|---|"]
+    for case in CASES:
+        d = pooled(servers["depot"].results[case], servers["depot-2"].results[case])
+        b = base.results[case]
+        label = case_label({"model": case[0], "rows": case[1]})
+        lines.append(f"| {label} c{case[2]} | {d['rps']:.0f} | {b['rps']:.0f} | "
+                     f"{times(ratio(d, b))} | {d['p99']:.2f} | {b['p99']:.2f} |")
+    return "\n".join(lines)
+
+
 def cpu_table(servers: dict[str, Server]) -> str:
     """CPU time a request, from /proc, over each server's turns: the work a
     request costs the server, whatever the scheduler made of it (a rate
@@ -565,6 +603,8 @@ def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--reuse", action="store_true",
                         help="take the servers' results from the last run's results.json")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run Depot as it was at this git revision, and compare")
     args = parser.parse_args()
     with postgres(args.skip_postgres or args.reuse) as state_url:
         run(args, state_url)
@@ -609,6 +649,13 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
                                 GUNICORN + [*keepalive, *floor(PORT + 12, "model_floor_app:app")],
                                 cwd=BENCH, port=PORT + 12),
     }
+    if args.baseline:
+        tree = baseline_tree(args.home, args.baseline)
+        if tree is not None:
+            servers["depot-baseline"] = depot_server(
+                f"depot at {args.baseline} (1 worker)", args.home, 1, port=PORT + 13,
+                state="state-baseline")
+            servers["depot-baseline"].cwd = tree
     if mlserver:
         models = args.home / "mlserver-models"
         shutil.rmtree(models, ignore_errors=True)
@@ -634,6 +681,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
     saved = args.home / "results.json"
     if args.reuse:
         for key, found in json.loads(saved.read_text()).items():
+            if key not in servers:
+                continue
             servers[key].cold_start, servers[key].pss_mb = found["cold_start"], found["pss_mb"]
             servers[key].results = {tuple(json.loads(c)): r for c, r in found["results"].items()}
     else:
@@ -685,8 +734,8 @@ def run(args: argparse.Namespace, state_url: str | None) -> None:
             f"{servers['depot'].cold_start / servers['mlserver'].cold_start:.2f}"
             if "mlserver" in servers else "-"),
     }
-    table = "\n\n".join((report(servers, inproc, extras), cpu_table(servers), phases,
-                           instructions))
+    table = "\n\n".join((report(servers, inproc, extras), baseline_table(servers),
+                           cpu_table(servers), phases, instructions))
     (args.home / "RESULTS.md").write_text(table + "\n")
     print(table)
 
