@@ -43,6 +43,6 @@ bench: install-test
 attacks: install-test
 	$(BIN)/python bench/attacks.py
 
-# The console's picture in the README, taken by its browser test
+# The console's picture in the README: a plain deployment, taken by its browser test
 screenshot: install-test
-	DEPOT_SCREENSHOT=docs/console.png $(BIN)/python -m pytest -q tests/test_console.py -k shows_every_model
+	DEPOT_SCREENSHOT=$(CURDIR)/docs/console.png $(BIN)/python -m pytest -q tests/test_console.py -k plain_deployment

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +106,36 @@ def test_the_console_shows_every_model_and_the_deployment(page, server, sent):
         f"{server.url}/", f"{server.url}/console/static/console.js",
         f"{server.url}/console/static/console.css", f"{server.url}/console/state"}
     assert all(url.startswith(server.url + "/") for url in sent), sent
-    shot = os.environ.get("DEPOT_SCREENSHOT")  # make screenshot: docs/console.png
-    if shot:  # with half a minute of traffic to show
-        for i in range(300):
-            server.infer("mnist-svm" if i % 3 else "mushroom-xgboost",
-                         v2_body(np.zeros((1 + i % 4, 64 if i % 3 else 126))))
-            page.wait_for_timeout(20 + 80 * (i // 60 % 2))
-        expect(cell(page, SVM, "Requests/s")).not_to_have_text("0.0", timeout=WAIT)
-        page.screenshot(path=shot, full_page=True)
+
+
+def test_a_plain_deployment_as_the_readme_shows_it(browser, tmp_path):
+    """``make serve`` as a user runs it: the bundled models, 2 workers, the
+    default kind of state folder. ``make screenshot`` takes the README's
+    picture here (DEPOT_SCREENSHOT), after half a minute of traffic."""
+    shot = os.environ.get("DEPOT_SCREENSHOT")
+    state = Path(tempfile.mkdtemp(prefix="depot-"))
+    try:
+        with run_server(tmp_path, workers=2, env={"DEPOT_STATE_DIR": str(state)}) as server:
+            context = browser.new_context(viewport={"width": 1400, "height": 640})
+            page = context.new_page()
+            page.goto(server.url + "/")
+            expect(cell(page, SVM, "State")).to_have_text("READY", timeout=WAIT)
+            expect(cell(page, XGB, "State")).to_have_text("READY")
+            expect(page.locator("#workers")).to_have_text("2", timeout=WAIT)
+            expect(page.locator("#store")).to_have_text(f"SQLite in {state}")
+            assert page.locator("#models tbody tr").count() == 2
+            for i in range(300 if shot else 30):
+                reply = server.infer("mnist-svm" if i % 3 else "mushroom-xgboost",
+                                     v2_body(np.zeros((1 + i % 4, 64 if i % 3 else 126))))
+                assert reply.status_code == 200, reply.text
+                if shot:
+                    page.wait_for_timeout(20 + 80 * (i // 60 % 2))
+            expect(cell(page, SVM, "Requests/s")).not_to_have_text("0.0", timeout=WAIT)
+            if shot:
+                page.screenshot(path=shot, full_page=True)
+            context.close()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_unload_and_load_from_the_console(page, server, digits):
