@@ -23,12 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterator
 
+from .names import (BUCKETS, CONTROL_BUCKETS, CONTROL_DURATION, CONTROL_LABELS,
+                    INFERENCE_COMPUTE, INFERENCE_DURATION, INFERENCE_EXECUTIONS,
+                    INFERENCE_FAILURE_SECONDS, INFERENCE_FAILURES, INFERENCE_LAST,
+                    INFERENCE_ROWS, LABELS, LAST_MODE, MODEL_STATE, MODELS_LOADED, PHASES)
+
 log = logging.getLogger("depot.metrics")
 
-LABELS = ("model", "version")
-PHASES = ("input", "infer", "output")  # decode, predict, encode: Triton's compute_*
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-LAST_MODE = "max"  # the last-inference gauge's multiprocess mode
 #: the files prometheus_client.values names ``{prefix}_{pid}.db``: one per type
 #: of metric Depot declares, gauges by their multiprocess mode
 FILE_PREFIXES = ("counter", "histogram", f"gauge_{LAST_MODE}")
@@ -55,29 +56,28 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.duration = Histogram("depot_inference_request_duration_seconds",
+        self.duration = Histogram(INFERENCE_DURATION,
                                   "Time to answer a successful inference request.", LABELS,
                                   buckets=BUCKETS, registry=r)
-        self.failures = Counter("depot_inference_request_failures",
+        self.failures = Counter(INFERENCE_FAILURES,
                                 "Inference requests for a known model that failed.", LABELS,
                                 registry=r)
-        self.failure_seconds = Counter("depot_inference_request_failure_seconds",
+        self.failure_seconds = Counter(INFERENCE_FAILURE_SECONDS,
                                        "Time spent on failed inference requests.", LABELS,
                                        registry=r)
-        self.rows = Counter("depot_inference_rows", "Rows (batch items) inferred.", LABELS,
+        self.rows = Counter(INFERENCE_ROWS, "Rows (batch items) inferred.", LABELS,
                             registry=r)
-        self.executions = Counter("depot_inference_executions",
+        self.executions = Counter(INFERENCE_EXECUTIONS,
                                   "Model calls that answered successful requests (fewer than "
                                   "the requests when they are batched).", LABELS, registry=r)
-        self.compute = Counter("depot_inference_compute_seconds",
+        self.compute = Counter(INFERENCE_COMPUTE,
                                "Time in each phase of successful requests.", LABELS + ("phase",),
                                registry=r)
-        self.last = Gauge("depot_inference_last_timestamp_seconds",
+        self.last = Gauge(INFERENCE_LAST,
                           "When the model last answered a request (Unix time).", LABELS,
                           multiprocess_mode=LAST_MODE, registry=r)
-        self.control = Histogram("depot_model_control_duration_seconds",
-                                 "Load and unload calls, by outcome.", ("model", "action", "outcome"),
-                                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
+        self.control = Histogram(CONTROL_DURATION, "Load and unload calls, by outcome.",
+                                 CONTROL_LABELS, buckets=CONTROL_BUCKETS, registry=r)
         self._children: dict[tuple[str, str], tuple] = {}
         #: requests counted but not yet written, and since when
         self._unwritten: list[tuple] = []
@@ -252,13 +252,13 @@ class Metrics:
                 entry = found.setdefault((labels["model"], labels["version"]), {
                     "requests": 0, "failures": 0, "rows": 0,
                     "buckets": [0] * (len(BUCKETS) + 1)})
-                if sample.name == "depot_inference_request_duration_seconds_bucket":
+                if sample.name == f"{INFERENCE_DURATION}_bucket":
                     entry["buckets"][bounds[float(labels["le"])]] = int(sample.value)
-                elif sample.name == "depot_inference_request_duration_seconds_count":
+                elif sample.name == f"{INFERENCE_DURATION}_count":
                     entry["requests"] = int(sample.value)
-                elif sample.name == "depot_inference_request_failures_total":
+                elif sample.name == f"{INFERENCE_FAILURES}_total":
                     entry["failures"] = int(sample.value)
-                elif sample.name == "depot_inference_rows_total":
+                elif sample.name == f"{INFERENCE_ROWS}_total":
                     entry["rows"] = int(sample.value)
         return found
 
@@ -303,9 +303,9 @@ class _ModelStates:
         from prometheus_client.core import GaugeMetricFamily
 
         rows = self.rows()
-        loaded = GaugeMetricFamily("depot_models_loaded", "Model versions READY to serve.",
+        loaded = GaugeMetricFamily(MODELS_LOADED, "Model versions READY to serve.",
                                    value=sum(row.state == "READY" for row in rows))
-        state = GaugeMetricFamily("depot_model_state",
+        state = GaugeMetricFamily(MODEL_STATE,
                                   "1 for the state each model version is in.",
                                   labels=["model", "version", "state"])
         for row in rows:
@@ -345,21 +345,21 @@ def _triton_stats(model: str, version: str, values: dict) -> dict[str, Any]:
     def duration(count: float, seconds: float) -> dict[str, int]:
         return {"count": int(count), "ns": int(round(seconds * 1e9))}
 
-    successes = get("depot_inference_request_duration_seconds_count")
+    successes = get(f"{INFERENCE_DURATION}_count")
     zero = duration(0, 0)
     return {
         "name": model,
         "version": version,
-        "last_inference": int(get("depot_inference_last_timestamp_seconds") * 1000),
-        "inference_count": int(get("depot_inference_rows_total")),
-        "execution_count": int(get("depot_inference_executions_total")),
+        "last_inference": int(get(INFERENCE_LAST) * 1000),
+        "inference_count": int(get(f"{INFERENCE_ROWS}_total")),
+        "execution_count": int(get(f"{INFERENCE_EXECUTIONS}_total")),
         "inference_stats": {
-            "success": duration(successes, get("depot_inference_request_duration_seconds_sum")),
-            "fail": duration(get("depot_inference_request_failures_total"),
-                             get("depot_inference_request_failure_seconds_total")),
+            "success": duration(successes, get(f"{INFERENCE_DURATION}_sum")),
+            "fail": duration(get(f"{INFERENCE_FAILURES}_total"),
+                             get(f"{INFERENCE_FAILURE_SECONDS}_total")),
             "queue": duration(successes, 0),  # no queue: a worker takes a request when free
             **{f"compute_{p}": duration(successes,
-                                        get(f"depot_inference_compute_seconds_total:{p}"))
+                                        get(f"{INFERENCE_COMPUTE}_total:{p}"))
                for p in PHASES},
             "cache_hit": zero,
             "cache_miss": zero,
