@@ -4,43 +4,23 @@ gunicorn runs several processes, so the counters live in prometheus-client's
 multiprocess files (one set per process, memory-mapped, summed when read).
 The same numbers serve Triton's statistics extension (``/v2/models/stats``)
 and Prometheus (``/metrics``), so the two can never disagree.
-
-prometheus-client makes those files by truncating them, which leaves them
-sparse: on a full state folder, the first write to a page with no block behind
-it is a SIGBUS that kills the worker. So each worker allocates its files first
-(:meth:`Metrics.reserve`); a worker that cannot counts nothing, and serves on.
+The files' life (allocated before use, a dead worker's folded) is
+:mod:`app.metrics.files`'s.
 """
 from __future__ import annotations
 
 import bisect
-import contextlib
-import fcntl
-import logging
-import os
-import struct
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from .files import Files
 from .names import (BUCKETS, CONTROL_BUCKETS, CONTROL_DURATION, CONTROL_LABELS,
                     INFERENCE_COMPUTE, INFERENCE_DURATION, INFERENCE_EXECUTIONS,
                     INFERENCE_FAILURE_SECONDS, INFERENCE_FAILURES, INFERENCE_LAST,
                     INFERENCE_ROWS, LABELS, LAST_MODE, MODEL_STATE, MODELS_LOADED, PHASES)
 
-log = logging.getLogger("depot.metrics")
-
-#: the files prometheus_client.values names ``{prefix}_{pid}.db``: one per type
-#: of metric Depot declares, gauges by their multiprocess mode
-FILE_PREFIXES = ("counter", "histogram", f"gauge_{LAST_MODE}")
-#: the pseudo-pid in the names of the files that hold dead workers' numbers
-RETIRED = "retired"
-#: prometheus-client's first size for a file (mmap_dict._INITIAL_MMAP_SIZE);
-#: when full, it doubles it. An all-zero file is a valid empty one.
-FILE_SIZE = 1 << 16
-#: room kept allocated past what a file uses, more than one label set adds
-#: (a model's histograms are ~40 entries of ~250 bytes)
-FILE_ROOM = 16 << 10
 #: seconds a worker that always has requests waiting may hold its counts
 #: before it writes them (it writes them as soon as none waits)
 WRITE_EVERY = 0.1
@@ -54,6 +34,9 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess_dir = multiprocess_dir
+        self.files = Files(multiprocess_dir)
+        self.reserve = self.files.reserve
+        self.retire = self.files.retire
         self.registry = CollectorRegistry()
         r = self.registry
         self.duration = Histogram(INFERENCE_DURATION,
@@ -82,25 +65,6 @@ class Metrics:
         #: requests counted but not yet written, and since when
         self._unwritten: list[tuple] = []
         self._unwritten_since = 0.0
-        #: False once this process could not reserve its files: it counts nothing
-        self.counting = True
-
-    def reserve(self) -> bool:
-        """Allocate this process's metrics files on disk, with room for the
-        next label set, before prometheus-client maps (or grows) them; called
-        after fork and before each new label set. If the state folder has no
-        room, this process stops counting, says so once, and serves on."""
-        if self.multiprocess_dir is None or not self.counting:
-            return self.counting
-        try:
-            for prefix in FILE_PREFIXES:
-                _allocate(self.multiprocess_dir / f"{prefix}_{os.getpid()}.db")
-        except OSError as e:
-            self.counting = False
-            log.warning("worker %d counts no metrics from now on: its files in %s cannot "
-                        "be allocated (%s); inference goes on", os.getpid(),
-                        self.multiprocess_dir, e.strerror or e)
-        return self.counting
 
     def track(self, model: str, version: str, hold: bool = False) -> "Tracker":
         """Time one inference request. ``hold``: the worker calls
@@ -167,46 +131,6 @@ class Metrics:
             merged.register(_Folded(self))
         return merged
 
-    def retire(self, pid: int) -> None:
-        """Fold a dead worker's files into the ``retired`` ones (counters
-        and histograms summed, the last-inference gauge at its maximum) and
-        remove them: its numbers stay counted, and the files (and the time
-        a scrape takes) stay as many as the live workers, however often
-        workers are replaced. A scrape never sees a half-folded state."""
-        if self.multiprocess_dir is None:
-            return
-        from prometheus_client.mmap_dict import MmapedDict
-
-        with self._files(fcntl.LOCK_EX):
-            for prefix in FILE_PREFIXES:
-                dead = self.multiprocess_dir / f"{prefix}_{pid}.db"
-                if not dead.exists():
-                    continue
-                try:
-                    values = list(MmapedDict.read_all_values_from_file(str(dead)))
-                    if values:
-                        retired = self.multiprocess_dir / f"{prefix}_{RETIRED}.db"
-                        _allocate(retired)  # no sparse pages: a full disk is an OSError here
-                        kept = MmapedDict(str(retired))
-                        try:
-                            for key_, value, timestamp, _ in values:
-                                old, _ = kept.read_value(key_)
-                                kept.write_value(key_, max(old, value) if prefix.startswith(
-                                    "gauge") else old + value, timestamp)
-                        finally:
-                            kept.close()
-                    dead.unlink()
-                except OSError as e:  # a full state folder: the file stays, still counted
-                    log.warning("could not fold %s into the retired counts: %s", dead, e)
-
-    @contextlib.contextmanager
-    def _files(self, how: int) -> Iterator[None]:
-        """Scrapes share this lock; folding a dead worker's files takes it alone."""
-        assert self.multiprocess_dir is not None
-        with open(self.multiprocess_dir / ".lock", "a") as handle:
-            fcntl.flock(handle, how)
-            yield
-
     def exposition(self, rows: Callable[[], list[Any]]) -> bytes:
         from prometheus_client import generate_latest
 
@@ -263,36 +187,6 @@ class Metrics:
         return found
 
 
-def _allocate(path: Path) -> None:
-    """Give ``path`` blocks on disk for all it uses and FILE_ROOM more,
-    growing it as prometheus-client would (doubling from FILE_SIZE), so its
-    own growth finds the blocks there. A new file is made aside and renamed
-    into place: a scrape never reads an empty one."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        part = path.with_name(f".{path.name}.part")
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.posix_fallocate(fd, 0, FILE_SIZE)
-            os.rename(part, path)
-        except OSError:
-            os.unlink(part)
-            raise
-        finally:
-            os.close(fd)
-        return
-    try:
-        size = os.fstat(fd).st_size
-        used = struct.unpack("i", os.pread(fd, 4, 0))[0] if size >= 4 else 0
-        target = max(size, FILE_SIZE)
-        while target - used < FILE_ROOM:
-            target *= 2
-        os.posix_fallocate(fd, 0, target)
-    finally:
-        os.close(fd)
-
-
 class _ModelStates:
     """Read at each scrape: how many versions are READY, and each one's state."""
 
@@ -324,7 +218,7 @@ class _Folded:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         folder = self.metrics.multiprocess_dir
-        with self.metrics._files(fcntl.LOCK_SH):
+        with self.metrics.files.reading():
             return list(MultiProcessCollector(None, path=str(folder)).collect())
 
 
@@ -442,7 +336,7 @@ class Tracker:
 
     def __exit__(self, kind: type | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._children is None:  # this process counts nothing (Metrics.reserve)
+        if self._children is None:  # this process counts nothing (Files.reserve)
             return
         self._metrics.count(self._children, time.perf_counter() - self._start, self.rows,
                             self._phases, kind is None, self._hold, self.executions)
