@@ -39,14 +39,15 @@ def sections(samples: Path, requests: int) -> None:
 
     import model_floor_app
     import phases
-    from app import create_app, metrics
+    from app import create_app
+    from app.metrics import counters
     from app.settings import Settings
     from app.environ import HOLDS_WRITES
 
     # The worker writes held counts once a burst ends; valgrind runs ~50x
     # slower, where the 0.1 s bound would write them every few requests.
     # They are written every 64 requests here, as the access lines are.
-    metrics.WRITE_EVERY = float("inf")
+    counters.WRITE_EVERY = float("inf")
     state = Path(tempfile.mkdtemp(prefix="depot-instructions-"))
     app = create_app(Settings(models=ROOT / "models", state_dir=state, watch=False,
                               sync_interval=1e9))
