@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, Histogram
 
 import rawhttp
 from app.metrics import BUCKETS, Metrics
-from app.metrics.counters import Counters
 from conftest import spread, v2_body, wait_until
 
 XGB = "mushroom-xgboost"
@@ -94,14 +93,14 @@ def test_extensions_listed(server):
 
 # -- counts held while requests wait ---------------------------------------------
 
-def samples(metrics: Counters) -> dict[tuple, float]:
+def samples(metrics: Metrics) -> dict[tuple, float]:
     """What this process has written, read without writing what it holds."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in metrics.registry.collect() for s in family.samples}
 
 
 def test_counts_held_while_requests_wait_are_written_once_none_waits() -> None:
-    metrics = Metrics(None).counters
+    metrics = Metrics(None)
     durations = [0.0003, 0.002, 0.04, 7.0]  # the first bucket, two inner ones, +Inf
     for seconds in durations[:-1]:
         metrics.count(metrics.track("m", "1")._children, seconds, 2, [0.1, 0.2, 0.3],
@@ -131,7 +130,7 @@ def test_counts_held_while_requests_wait_are_written_once_none_waits() -> None:
 
 
 def test_counts_held_under_load_are_written_after_a_while() -> None:
-    metrics = Metrics(None).counters
+    metrics = Metrics(None)
     children = metrics.track("m", "1")._children
     metrics.count(children, 0.001, 1, [], True, hold=True)
     metrics._unwritten_since -= 1.0  # as if the worker had been busy for a second

@@ -2,177 +2,48 @@
 
 gunicorn runs several processes, so the counters live in prometheus-client's
 multiprocess files (one set per process, memory-mapped, summed when read).
-The same numbers serve Triton's statistics extension (``/v2/models/stats``)
-and Prometheus (``/metrics``), so the two can never disagree.
-The files' life (allocated before use, a dead worker's folded) is
-:mod:`app.metrics.files`'s.
+The same numbers serve Triton's statistics extension (``/v2/models/stats``),
+Prometheus (``/metrics``) and the console, so they can never disagree.
+
+Three parts, one job each: :mod:`~app.metrics.counters` counts on the hot
+path, :mod:`~app.metrics.files` keeps the multiprocess files (allocated
+before use, a dead worker's folded) and :mod:`~app.metrics.readings` reads
+them; :mod:`~app.metrics.names` is what they all call the metrics.
+:class:`Metrics` puts them together behind the API the rest of Depot uses.
 """
 from __future__ import annotations
 
-import bisect
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Callable
 
 from .counters import Counters, Tracker
 from .files import Files
-from .names import (BUCKETS, CONTROL_BUCKETS, CONTROL_DURATION, CONTROL_LABELS,
-                    INFERENCE_COMPUTE, INFERENCE_DURATION, INFERENCE_EXECUTIONS,
-                    INFERENCE_FAILURE_SECONDS, INFERENCE_FAILURES, INFERENCE_LAST,
-                    INFERENCE_ROWS, LABELS, LAST_MODE, MODEL_STATE, MODELS_LOADED, PHASES)
+from .names import BUCKETS, LABELS, LAST_MODE, PHASES
+from .readings import Readings
 
-class Metrics:
+__all__ = ["BUCKETS", "LABELS", "LAST_MODE", "PHASES", "Counters", "Files", "Metrics",
+           "Readings", "Tracker"]
+
+
+class Metrics(Counters):
+    """The app's one metrics object: this process's counters, with files and readers bound on.
+
+    It is ``app.extensions["depot.metrics"]``. The hot path (``track``,
+    ``write``, ``control_call``) is inherited, not bound: Python 3.11 looks
+    up a bound method kept as an instance attribute on a slower path than a
+    method of the class, and ``track`` runs on every request. The rest are
+    the parts' own methods, bound once.
+    """
+
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
         self.files = Files(multiprocess_dir)
+        super().__init__(self.files.reserve)
+        self.readings = Readings(self, self.files)
+        # gunicorn's hooks: after a fork, and once a worker has died
         self.reserve = self.files.reserve
         self.retire = self.files.retire
-        self.counters = Counters(self.files.reserve)
-        self.track = self.counters.track
-        self.write = self.counters.write
-        self.control_call = self.counters.control_call
-
-    def collected(self) -> Any:
-        """A fresh registry whose collect() sums every worker's numbers."""
-        from prometheus_client import CollectorRegistry
-
-        self.write()  # this process's own counts are read, like every other's
-        merged = CollectorRegistry()
-        if self.multiprocess_dir is None:
-            merged.register(_Frozen(list(self.counters.registry.collect())))
-        else:
-            merged.register(_Folded(self))
-        return merged
-
-    def exposition(self, rows: Callable[[], list[Any]]) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.scrape_registry(rows))
-
-    def scrape_registry(self, rows: Callable[[], list[Any]]) -> Any:
-        """What a scrape returns: the counters of every worker, and the state
-        of every model version as ``rows()`` (the shared store) has it then."""
-        registry = self.collected()
-        registry.register(_ModelStates(rows))
-        return registry
-
-    def serve(self, host: str, port: int, rows: Callable[[], list[Any]]) -> None:
-        """/metrics on a port of its own (a thread of the calling process)."""
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=host, registry=self.scrape_registry(rows))
-
-    def statistics(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Triton's model statistics for each (model, version) in ``keys``."""
-        values: dict[tuple[str, str, str], float] = {}
-        for family in self.collected().collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if "version" in labels and "le" not in labels:
-                    name = sample.name + (f":{labels['phase']}" if "phase" in labels else "")
-                    values[(labels["model"], labels["version"], name)] = sample.value
-        return [_triton_stats(model, version, values) for model, version in keys]
-
-
-    def traffic(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Per (model, version), summed over every worker: successful and
-        failed requests, rows, and the duration histogram's cumulative
-        bucket counts (the console's rates and percentiles come from the
-        difference between two readings)."""
-        found: dict[tuple[str, str], dict[str, Any]] = {}
-        bounds = {float(b): i for i, b in enumerate(BUCKETS)} | {float("inf"): len(BUCKETS)}
-        for family in self.collected().collect():
-            for sample in family.samples:
-                labels = sample.labels
-                if "version" not in labels or "phase" in labels:
-                    continue
-                entry = found.setdefault((labels["model"], labels["version"]), {
-                    "requests": 0, "failures": 0, "rows": 0,
-                    "buckets": [0] * (len(BUCKETS) + 1)})
-                if sample.name == f"{INFERENCE_DURATION}_bucket":
-                    entry["buckets"][bounds[float(labels["le"])]] = int(sample.value)
-                elif sample.name == f"{INFERENCE_DURATION}_count":
-                    entry["requests"] = int(sample.value)
-                elif sample.name == f"{INFERENCE_FAILURES}_total":
-                    entry["failures"] = int(sample.value)
-                elif sample.name == f"{INFERENCE_ROWS}_total":
-                    entry["rows"] = int(sample.value)
-        return found
-
-
-class _ModelStates:
-    """Read at each scrape: how many versions are READY, and each one's state."""
-
-    def __init__(self, rows: Callable[[], list[Any]]) -> None:
-        self.rows = rows
-
-    def collect(self) -> list[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        rows = self.rows()
-        loaded = GaugeMetricFamily(MODELS_LOADED, "Model versions READY to serve.",
-                                   value=sum(row.state == "READY" for row in rows))
-        state = GaugeMetricFamily(MODEL_STATE,
-                                  "1 for the state each model version is in.",
-                                  labels=["model", "version", "state"])
-        for row in rows:
-            state.add_metric([row.name, row.version, row.state], 1)
-        return [loaded, state]
-
-
-class _Folded:
-    """Every worker's numbers, live and retired, read under the files' lock
-    at each scrape."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> list[Any]:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        folder = self.metrics.multiprocess_dir
-        with self.metrics.files.reading():
-            return list(MultiProcessCollector(None, path=str(folder)).collect())
-
-
-class _Frozen:
-    """A collector of metric families made at scrape time."""
-
-    def __init__(self, families: list[Any]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Any]:
-        return self.families
-
-
-def _triton_stats(model: str, version: str, values: dict) -> dict[str, Any]:
-    def get(name: str) -> float:
-        return values.get((model, version, name), 0.0)
-
-    def duration(count: float, seconds: float) -> dict[str, int]:
-        return {"count": int(count), "ns": int(round(seconds * 1e9))}
-
-    successes = get(f"{INFERENCE_DURATION}_count")
-    zero = duration(0, 0)
-    return {
-        "name": model,
-        "version": version,
-        "last_inference": int(get(INFERENCE_LAST) * 1000),
-        "inference_count": int(get(f"{INFERENCE_ROWS}_total")),
-        "execution_count": int(get(f"{INFERENCE_EXECUTIONS}_total")),
-        "inference_stats": {
-            "success": duration(successes, get(f"{INFERENCE_DURATION}_sum")),
-            "fail": duration(get(f"{INFERENCE_FAILURES}_total"),
-                             get(f"{INFERENCE_FAILURE_SECONDS}_total")),
-            "queue": duration(successes, 0),  # no queue: a worker takes a request when free
-            **{f"compute_{p}": duration(successes,
-                                        get(f"{INFERENCE_COMPUTE}_total:{p}"))
-               for p in PHASES},
-            "cache_hit": zero,
-            "cache_miss": zero,
-        },
-        "batch_stats": [],
-        "response_stats": {},
-        "memory_usage": [],
-    }
+        # the readers
+        self.exposition = self.readings.exposition
+        self.serve = self.readings.serve
+        self.statistics = self.readings.statistics
+        self.traffic = self.readings.traffic

@@ -1,4 +1,4 @@
-"""Counting on the hot path: the metrics declared, each request timed, its counts written in batches.
+"""The hot path: the metrics declared, each request timed, its counts written in batches.
 
 Every inference request passes through :meth:`Counters.track`, so this is
 the one part of the metrics where microseconds matter: the children of each
@@ -31,8 +31,10 @@ class Counters:
     """This process's metrics, and its counts not yet written to them."""
 
     def __init__(self, reserve: Callable[[], bool]) -> None:
-        """``reserve()`` makes room for a new label set, or says this
-        process counts nothing (:meth:`app.metrics.files.Files.reserve`)."""
+        """Declare the metrics; ``reserve()`` is asked before each new label set.
+
+        It makes room for it, or answers False: this process counts nothing
+        (:meth:`app.metrics.files.Files.reserve`)."""
         # prometheus_client picks its value store when first imported, from
         # PROMETHEUS_MULTIPROC_DIR, which gunicorn.conf.py sets after it has
         # imported app.settings: so the import waits until an app is made.
@@ -65,9 +67,10 @@ class Counters:
         self._unwritten_since = 0.0
 
     def track(self, model: str, version: str, hold: bool = False) -> "Tracker":
-        """Time one inference request. ``hold``: the worker calls
-        :meth:`write` before it next waits, so the counts may wait for that
-        (see :meth:`count`)."""
+        """Time one inference request, counted when the tracker exits.
+
+        ``hold``: the worker calls :meth:`write` before it next waits, so
+        the counts may wait for that (see :meth:`count`)."""
         children = self._children.get((model, version))
         if children is None and not self._reserve():
             return Tracker(self, None, hold)
@@ -81,14 +84,15 @@ class Counters:
 
     def count(self, children: tuple, seconds: float, rows: int, phases: list[float],
               ok: bool, hold: bool, executions: int = 1) -> None:
-        """Add one request to this process's unwritten counts, and write
-        them unless ``hold``: the worker then writes them once it has no
-        request waiting, after the answer is sent (under unbroken load, at
-        most :data:`WRITE_EVERY` later). Each write to the shared files
-        costs microseconds; so they are off the answer's path, and one
-        write serves a burst of requests. A scrape of this process writes
-        what it holds first; another process sees them microseconds after
-        the answer."""
+        """Add one request to this process's unwritten counts; write them unless ``hold``.
+
+        With ``hold``, the worker writes them once it has no request
+        waiting, after the answer is sent (under unbroken load, at most
+        :data:`WRITE_EVERY` later). Each write to the shared files costs
+        microseconds; so they are off the answer's path, and one write
+        serves a burst of requests. A scrape of this process writes what it
+        holds first; another process sees them microseconds after the
+        answer."""
         unwritten = self._unwritten
         now = time.monotonic()
         if not unwritten:
@@ -100,9 +104,10 @@ class Counters:
             self.write()
 
     def write(self) -> None:
-        """Write the unwritten counts to this process's files. (Threads
-        may count meanwhile: what they add after the swap is the next
-        write's.)"""
+        """Write the unwritten counts to this process's files.
+
+        Threads may count meanwhile: what they add after the swap is the
+        next write's."""
         unwritten, self._unwritten = self._unwritten, []
         totals: dict[tuple, _Counts] = {}
         for children, *numbers in unwritten:
@@ -147,8 +152,9 @@ class _Counts:
         self.last = max(self.last, when)
 
     def write(self, children: tuple) -> None:
-        """One write per number, however many requests it sums. The
-        histogram's sum and per-bucket counts are what its ``observe``
+        """One write per number, however many requests it sums.
+
+        The histogram's sum and per-bucket counts are what its ``observe``
         writes (prometheus-client 0.26, pinned), added up first."""
         duration, failures, failure_seconds, rows, compute, last, executions = children
         if self.ok:
@@ -182,6 +188,7 @@ class Tracker:
         self.executions = 1  # model calls counted for it (app/v2/batching.py)
 
     def phase_done(self) -> None:
+        """End the current phase (:data:`PHASES`: decode, predict, encode)."""
         now = time.perf_counter()
         self._phases.append(now - self._last)
         self._last = now

@@ -1,4 +1,4 @@
-"""The multiprocess files' life: each worker's allocated before use, a dead worker's folded into one set.
+"""The multiprocess files' life: a worker's allocated before use, a dead worker's folded in.
 
 gunicorn runs several processes, so the counters live in prometheus-client's
 multiprocess files (one set per process, memory-mapped, summed when read).
@@ -41,8 +41,9 @@ FILE_ROOM = 16 << 10
 
 
 class Files:
-    """The files in the multiprocess folder, and the lock around them; with
-    no folder (one process, counting in memory) there are none to keep."""
+    """The files in the multiprocess folder, and the lock around them.
+
+    With no folder (one process, counting in memory) there are none to keep."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
@@ -50,10 +51,11 @@ class Files:
         self.counting = True
 
     def reserve(self) -> bool:
-        """Allocate this process's metrics files on disk, with room for the
-        next label set, before prometheus-client maps (or grows) them; called
-        after fork and before each new label set. If the state folder has no
-        room, this process stops counting, says so once, and serves on."""
+        """Allocate this process's files, with room for one more label set; False: it cannot.
+
+        Before prometheus-client maps (or grows) them: called after fork and
+        before each new label set. If the state folder has no room, this
+        process stops counting, says so once, and serves on."""
         if self.folder is None or not self.counting:
             return self.counting
         try:
@@ -67,9 +69,10 @@ class Files:
         return self.counting
 
     def retire(self, pid: int) -> None:
-        """Fold a dead worker's files into the ``retired`` ones (counters
-        and histograms summed, the last-inference gauge at its maximum) and
-        remove them: its numbers stay counted, and the files (and the time
+        """Fold a dead worker's files into the ``retired`` ones, and remove them.
+
+        Counters and histograms are summed, the last-inference gauge kept
+        at its maximum: its numbers stay counted, and the files (and the time
         a scrape takes) stay as many as the live workers, however often
         workers are replaced. A scrape never sees a half-folded state."""
         if self.folder is None:
@@ -112,9 +115,10 @@ class Files:
 
 
 def _allocate(path: Path) -> None:
-    """Give ``path`` blocks on disk for all it uses and FILE_ROOM more,
-    growing it as prometheus-client would (doubling from FILE_SIZE), so its
-    own growth finds the blocks there. A new file is made aside and renamed
+    """Give ``path`` blocks on disk for all it uses and FILE_ROOM more.
+
+    It grows as prometheus-client would grow it (doubling from FILE_SIZE),
+    so that growth finds the blocks there. A new file is made aside and renamed
     into place: a scrape never reads an empty one."""
     try:
         fd = os.open(path, os.O_RDWR)
