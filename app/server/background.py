@@ -32,8 +32,7 @@ MAX_BACKGROUND = 4
 
 
 class ControlCalls:
-    """The control calls of one worker whose threads run now, and the way
-    their connections come back to the poller.
+    """One worker's control calls running in threads, and their way back to the poller.
 
     ``respond`` runs the app for a request (the worker's
     :meth:`~app.server.wsgi_call.WsgiCall.respond`); ``update`` tells the

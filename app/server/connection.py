@@ -204,8 +204,7 @@ class Connection:
 
 
 class Connections:
-    """The open connections of one worker, by descriptor, and those with a
-    whole request waiting.
+    """The open connections of one worker, and those with a whole request waiting.
 
     It tells the poller what each connection waits for, reads and writes as
     the poller says, and ends connections: refused, overdue, idle, or done.

@@ -31,10 +31,12 @@ KNOWN_LINES = 1024
 
 
 class Grouping:
-    """The batch grouping of one worker: ``limit`` is the app's batch limit
-    for a path (below 2: none are grouped; gunicorn.conf.py sets it as the
-    worker's ``batch_limit``), ``waiting`` the worker's queue of whole
-    requests, ``respond`` runs the app for one request with its seat."""
+    """One worker's grouping of waiting requests into model calls.
+
+    ``limit`` is the app's batch limit for a path (below 2: none are
+    grouped; gunicorn.conf.py sets it as the worker's ``batch_limit``),
+    ``waiting`` the worker's queue of whole requests, and ``respond`` runs
+    the app for one request with its seat."""
 
     def __init__(self, limit: Callable[[str], int] | None,
                  waiting: dict[Connection, None],
