@@ -96,7 +96,7 @@ def test_a_dead_loader_leaves_nothing_behind(registry, repair):
     registry.store.put(row.replace(state=LOADING, reason="loading"))
     partial = _partial_copy(registry, XGB, "v0.1.0", row.generation + 1)
     if repair == "register":
-        (spec,) = registry._find(XGB)
+        (spec,) = registry.folder.find(XGB)
         registry.register(spec)
         row = registry.store.get(XGB, "v0.1.0")
         assert (row.state, row.reason) == ("UNAVAILABLE", LOAD_INTERRUPTED)

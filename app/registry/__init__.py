@@ -33,16 +33,14 @@ import runtimes
 from . import repository, snapshots
 from ..errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
                      ModelNotReady, StateUnavailable)
-from .repository import ModelSpec, version_key
+from .repository import NEW_ON_DISK, ModelFolder, ModelSpec, version_key
 from ..settings import Settings
 from . import cache
 from .cache import Key, Refused, RuntimeCache
+from .events import describe_error, event, label, log
 from .snapshots import ArtifactDiffers, Snapshots
 from ..store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
 
-log = logging.getLogger("depot.registry")
-
-NEW_ON_DISK = "new on disk: call load"
 CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
 LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
@@ -63,21 +61,6 @@ NOT_SERVED_HERE = "this host cannot serve the loaded copy: "
 STARTING = ""
 STARTUP_WAIT = 600.0
 
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def _label(name: str, version: str) -> str:
-    return f"{name!r} version {version!r}" if version else repr(name)
-
-
-def _event(event: str, name: str, version: str, reason: str, level: int = logging.INFO) -> None:
-    """One log line per state change, with fields a JSON log keeps apart."""
-    log.log(level, "%s %s: %s", event, _label(name, version), reason,
-            extra={"event": event, "model": name, "version": version, "reason": reason})
 
 
 @dataclasses.dataclass
@@ -109,6 +92,8 @@ class Registry:
         self.store = store
         self.cache = RuntimeCache(self._build_copy)
         self.snapshots = Snapshots(settings.state_dir / "snapshots")
+        #: the models folder, read with the deployment's settings
+        self.folder = ModelFolder.of(settings)
         self._seen = View(-1, [])
         self._syncing = 0  # the process whose sync thread runs
         #: the generation whose older snapshots sync last removed, by key
@@ -159,7 +144,7 @@ class Registry:
         for _ in range(3):
             if row.state != READY:
                 self.cache.drop((row.name, row.version))
-                raise ModelNotReady(f"model {_label(name, row.version)} is not ready "
+                raise ModelNotReady(f"model {label(name, row.version)} is not ready "
                                     f"({row.state}: {row.reason})")
             runtime = self.cache.get((row.name, row.version), row.generation)
             if runtime is not None:
@@ -171,7 +156,7 @@ class Registry:
                 # snapshot while we read it: if so, serve what holds now.
                 newer = self.row(name, version, fresh=True)
                 if (newer.version, newer.generation) == (row.version, row.generation):
-                    raise ModelNotReady(f"model {_label(name, row.version)} is not ready "
+                    raise ModelNotReady(f"model {label(name, row.version)} is not ready "
                                         f"({UNAVAILABLE}: {e.reason})") from None
                 row = newer
         raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
@@ -309,17 +294,17 @@ class Registry:
             runtime = self._build_copy(row)
         except Refused as e:
             self.cache.refuse((row.name, row.version), row.generation, e.reason)
-            _event("refuse", row.name, row.version, e.reason, logging.WARNING)
+            event("refuse", row.name, row.version, e.reason, logging.WARNING)
             return False
         self.cache.put((row.name, row.version), row.generation, runtime)
-        _event("restore", row.name, row.version, f"generation {row.generation}")
+        event("restore", row.name, row.version, f"generation {row.generation}")
         return True
 
     def reconcile(self, busy: frozenset[str] = frozenset()) -> None:
         """Bring the registry in line with the disk: register what is new
         or changed, forget what is gone. Top-level entries named in ``busy``
         are still being written and are left as they are."""
-        specs = self._scan()
+        specs = self.folder.scan()
         on_disk = {(s.name, s.version) for s in specs}
         for spec in specs:
             if spec.source.name not in busy:
@@ -362,16 +347,16 @@ class Registry:
             duplicate = bool(spec.error and spec.error.startswith(repository.DUPLICATE))
             level = logging.WARNING if duplicate else logging.INFO
             if row is None:
-                new = self._registered(spec).replace(fingerprint=mark)
+                new = self.folder.row(spec).replace(fingerprint=mark)
                 self.store.put(new)
-                _event("register", spec.name, spec.version, new.reason, level)
+                event("register", spec.name, spec.version, new.reason, level)
             elif row.state == READY:
                 reason = "" if mark == row.fingerprint else CHANGED_ON_DISK
                 if reason and row.reason.startswith(RELOAD_FAILED):
                     reason = row.reason  # says more: the change was tried and failed
                 if row.reason != reason:
                     self.store.put(row.replace(reason=reason))
-                    _event("change", spec.name, spec.version, reason or "disk matches the loaded copy")
+                    event("change", spec.name, spec.version, reason or "disk matches the loaded copy")
             elif row.state == LOADING:
                 self._repair(row)
             elif mark != row.fingerprint:
@@ -381,25 +366,25 @@ class Registry:
                     reason = row.reason
                 else:
                     reason = CHANGED_ON_DISK
-                self.store.put(self._registered(spec, row).replace(
-                    reason=reason, fingerprint=mark, details=self._details(spec)))
-                _event("change", spec.name, spec.version, reason, level)
+                self.store.put(self.folder.row(spec, row).replace(
+                    reason=reason, fingerprint=mark, details=repository.details(spec)))
+                event("change", spec.name, spec.version, reason, level)
 
     def forget(self, name: str, version: str) -> None:
         """A model version gone from the disk leaves the index; every worker
         drops its copy, and requests for it are 404 from then on."""
         with self.store.lock(name):
-            back = any(spec.version == version for spec in self._find(name))
+            back = any(spec.version == version for spec in self.folder.find(name))
             if not back and self.store.get(name, version) is not None:
                 self._forget(name, version)
-                _event("remove", name, version, "gone from the repository")
+                event("remove", name, version, "gone from the repository")
 
     def load(self, name: str) -> list[Row]:
         """Load (or reload) every version of a model from the disk. All are
         tried; if any fails, the call fails with every reason. It returns
         once every process of the deployment has applied the outcome."""
         with self.store.lock(name), self._applied():
-            specs = self._find(name)
+            specs = self.folder.find(name)
             on_disk = {spec.version for spec in specs}
             for row in self._rows_of(name):
                 if row.version not in on_disk:
@@ -433,7 +418,7 @@ class Registry:
         """Unload every version of a model; it returns once no process of
         the deployment serves it."""
         with self.store.lock(name), self._applied():
-            rows = self._rows_of(name) or [self._registered(s) for s in self._find(name)]
+            rows = self._rows_of(name) or [self.folder.row(s) for s in self.folder.find(name)]
             if not rows:
                 raise ModelNotFound(f"model {name!r} is not in the repository")
             unloaded = []
@@ -444,7 +429,7 @@ class Registry:
                 self.cache.drop((row.name, row.version))
                 self.snapshots.discard(row.name, row.version, keep=None)
                 unloaded.append(new)
-                _event("unload", row.name, row.version, "unloaded")
+                event("unload", row.name, row.version, "unloaded")
             return unloaded
 
     # -- worker cache -------------------------------------------------------
@@ -477,7 +462,7 @@ class Registry:
             try:
                 self.cache.catch_up(row)
             except Refused as e:
-                _event("refuse", row.name, row.version, e.reason, logging.WARNING)
+                event("refuse", row.name, row.version, e.reason, logging.WARNING)
                 continue
             shared |= self.cache.builds != builds and self._is_large(row)
         if shared and self.master is not None and not self.master.in_worker():
@@ -528,19 +513,19 @@ class Registry:
         try:
             runtime = self._build((row.name, row.version), row.runtime, self._snapshot(row),
                                   row.details)
-            _event("copy", row.name, row.version,
-                   f"generation {row.generation} loaded by process {os.getpid()}")
+            event("copy", row.name, row.version,
+                  f"generation {row.generation} loaded by process {os.getpid()}")
             return runtime
         except ArtifactDiffers as e:
             raise Refused(f"{NOT_SERVED_HERE}{e}; call load to publish it") from None
         except (Exception, SystemExit) as e:  # a pickle may call exit()
-            raise Refused(f"{NOT_SERVED_HERE}{_describe(e)}") from None
+            raise Refused(f"{NOT_SERVED_HERE}{describe_error(e)}") from None
 
     def _snapshot(self, row: Row) -> Path:
         path = self.snapshots.path(row)
         if path.exists():
             return path
-        spec = next((s for s in self._find(row.name)
+        spec = next((s for s in self.folder.find(row.name)
                      if s.version == row.version and s.artifact is not None), None)
         if spec is None or spec.artifact is None:
             raise ArtifactDiffers("this host's models folder has no artifact for it")
@@ -558,9 +543,9 @@ class Registry:
             yield
         except (Exception, SystemExit) as e:  # a pickle may call exit()
             refused = self.store.refused(e)
-            message = refused.message if refused else _describe(e)
-            self._publish_failure(spec, stored or self._registered(spec), message)
-            text = f"load failed for model {_label(spec.name, spec.version)}: {message}"
+            message = refused.message if refused else describe_error(e)
+            self._publish_failure(spec, stored or self.folder.row(spec), message)
+            text = f"load failed for model {label(spec.name, spec.version)}: {message}"
             raise (type(refused) if refused else LoadFailed)(text) from None
 
     def _prepare(self, spec: ModelSpec, stored: Row | None) -> "_Prepared":
@@ -573,7 +558,7 @@ class Registry:
             raise LoadFailed(spec.error)
         assert spec.artifact is not None
         mark = repository.fingerprint(spec)  # before the copy: a later write shows as a change
-        row = self._registered(spec, stored)
+        row = self.folder.row(spec, stored)
         generation = row.generation + 1
         runtime = None
         try:
@@ -581,7 +566,7 @@ class Registry:
                                                    spec.artifact)
             if row.state != READY:
                 self.store.put(row.replace(state=LOADING, reason="loading"))
-            details = self._details(spec)
+            details = repository.details(spec)
             runtime = self._build((spec.name, spec.version), spec.runtime, artifact, details)
             if not spec.inputs or not spec.outputs:
                 declared = orjson.loads(details)
@@ -619,7 +604,7 @@ class Registry:
         if ready.runtime is not None:
             self.cache.put((new.name, new.version), new.generation, ready.runtime)
         self.snapshots.discard(new.name, new.version, keep=new.generation)
-        _event("load", new.name, new.version, f"generation {new.generation}")
+        event("load", new.name, new.version, f"generation {new.generation}")
         return new
 
     def _shares_copies(self) -> bool:
@@ -660,8 +645,8 @@ class Registry:
             self.store.put(failed)
         except (InsufficientStorage, StateUnavailable) as e:
             log.warning("could not record that %s failed to load: %s",
-                        _label(spec.name, spec.version), e.message)
-        _event("fail", spec.name, spec.version, message, logging.WARNING)
+                        label(spec.name, spec.version), e.message)
+        event("fail", spec.name, spec.version, message, logging.WARNING)
 
     def _build(self, key_: Key, runtime_name: str | None, artifact: Path,
                details: str) -> runtimes.Runtime:
@@ -680,46 +665,14 @@ class Registry:
                 runtime.load()
             finally:
                 for warning in said:
-                    _event("warning", key_[0], key_[1], f"{warning.category.__name__}: "
-                           f"{str(warning.message).strip()}", logging.WARNING)
+                    event("warning", key_[0], key_[1], f"{warning.category.__name__}: "
+                          f"{str(warning.message).strip()}", logging.WARNING)
         return runtime
 
     # -- helpers ------------------------------------------------------------
 
-    def _scan(self) -> list[ModelSpec]:
-        return repository.scan(self.settings.models, exclude=self.settings.state_dir,
-                               follow_symlinks=self.settings.follow_symlinks)
-
-    def _find(self, name: str) -> list[ModelSpec]:
-        return repository.find(self.settings.models, name, self.settings.state_dir,
-                               follow_symlinks=self.settings.follow_symlinks)
-
     def _rows_of(self, name: str) -> list[Row]:
         return [row for row in self.store.rows() if row.name == name]
-
-    def _registered(self, spec: ModelSpec, row: Row | None = None) -> Row:
-        """The row for a model version as the disk now describes it, keeping
-        the shared state (state, generation, snapshot) of ``row`` if given."""
-        reason = f"load failed: {spec.error}" if spec.error else NEW_ON_DISK
-        return Row(
-            name=spec.name,
-            version=spec.version,
-            state=row.state if row else UNAVAILABLE,
-            reason=row.reason if row else reason,
-            generation=row.generation if row else 0,
-            runtime=spec.runtime,
-            snapshot=row.snapshot if row else None,
-            source=str(spec.source),
-            details=row.details if row and row.state == READY else self._details(spec),
-            fingerprint=row.fingerprint if row else "",
-            digest=row.digest if row else "",
-        )
-
-    @staticmethod
-    def _details(spec: ModelSpec) -> str:
-        return orjson.dumps({"parameters": spec.parameters, "inputs": spec.inputs,
-                             "outputs": spec.outputs,
-                             "max_batch_size": spec.max_batch_size}).decode()
 
     def _repair(self, row: Row) -> None:
         """Undo what a dead loader left. Called with the model's lock held,
@@ -729,7 +682,7 @@ class Registry:
         if row.state == LOADING:
             row = row.replace(state=UNAVAILABLE, reason=LOAD_INTERRUPTED, snapshot=None)
             self.store.put(row)
-            _event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
+            event("fail", row.name, row.version, LOAD_INTERRUPTED, logging.WARNING)
         self.snapshots.discard(row.name, row.version,
                                 keep=row.generation if row.state == READY else None)
 

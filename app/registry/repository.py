@@ -13,6 +13,10 @@ The folder is a trust boundary: loading a pickle runs its code. A symlink
 that leads outside it (or leads nowhere) is therefore listed as a model that
 cannot load, with the link in its error, unless ``follow_symlinks`` says to
 follow it; symlinks that stay inside the folder are used as they are.
+
+:class:`ModelFolder` is the folder as the registry reads it: where it is and
+how to read it (the settings), and the row a model version on disk makes
+before it is loaded.
 """
 from __future__ import annotations
 
@@ -23,9 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 import runtimes
 
-from ..settings import SERVER_SETTINGS
+from ..settings import SERVER_SETTINGS, Settings
+from ..store import READY, UNAVAILABLE, Row
 from . import snapshots
 
 SETTINGS_FILE = "model-settings.json"
@@ -35,6 +42,8 @@ SETTINGS_DEPTH = 4
 WELL_KNOWN = ("model.joblib", "model.pkl", "model.pickle", "model.json", "model.ubj", "model.bst")
 IGNORED_SUFFIXES = (".swp", ".swx", ".tmp", ".part", "~")
 IGNORED_NAMES = {"4913"}
+#: the reason of a model version registered from the disk, not loaded yet
+NEW_ON_DISK = "new on disk: call load"
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,53 @@ def find(root: Path, name: str, exclude: Path | None = None, *,
     """Every version of one model on disk (none: it is not in the repository)."""
     return [spec for spec in scan(root, exclude, follow_symlinks=follow_symlinks)
             if spec.name == name]
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The deployment's models folder, read with the deployment's settings,
+    and the rows its model versions make as the disk describes them."""
+
+    root: Path
+    #: Depot's own state folder, should it live inside: never a model
+    exclude: Path | None = None
+    follow_symlinks: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> "ModelFolder":
+        return cls(settings.models, settings.state_dir, settings.follow_symlinks)
+
+    def scan(self) -> list[ModelSpec]:
+        return scan(self.root, exclude=self.exclude, follow_symlinks=self.follow_symlinks)
+
+    def find(self, name: str) -> list[ModelSpec]:
+        return find(self.root, name, self.exclude, follow_symlinks=self.follow_symlinks)
+
+    def row(self, spec: ModelSpec, stored: Row | None = None) -> Row:
+        """The row for a model version as the disk now describes it, keeping
+        the shared state (state, generation, snapshot) of ``stored`` if given."""
+        reason = f"load failed: {spec.error}" if spec.error else NEW_ON_DISK
+        return Row(
+            name=spec.name,
+            version=spec.version,
+            state=stored.state if stored else UNAVAILABLE,
+            reason=stored.reason if stored else reason,
+            generation=stored.generation if stored else 0,
+            runtime=spec.runtime,
+            snapshot=stored.snapshot if stored else None,
+            source=str(spec.source),
+            details=stored.details if stored and stored.state == READY else details(spec),
+            fingerprint=stored.fingerprint if stored else "",
+            digest=stored.digest if stored else "",
+        )
+
+
+def details(spec: ModelSpec) -> str:
+    """A row's ``details`` as the spec declares them (JSON: parameters,
+    inputs, outputs, ``max_batch_size``)."""
+    return orjson.dumps({"parameters": spec.parameters, "inputs": spec.inputs,
+                         "outputs": spec.outputs,
+                         "max_batch_size": spec.max_batch_size}).decode()
 
 
 def version_key(version: str) -> tuple:
