@@ -32,19 +32,18 @@ import runtimes
 
 from . import repository, snapshots
 from ..errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, ModelNotFound,
-                     ModelNotReady, StateUnavailable)
-from .repository import NEW_ON_DISK, ModelFolder, ModelSpec, version_key
+                     StateUnavailable)
+from .repository import NEW_ON_DISK, ModelFolder, ModelSpec
 from ..settings import Settings
 from . import cache
 from .cache import Key, Refused, RuntimeCache
+from .catalog import LEASE_LAPSED, STARTED, Catalog, View
 from .events import describe_error, event, label, log
 from .snapshots import ArtifactDiffers, Snapshots
 from ..store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
 
 CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
-LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
-                "DEPOT_LEASE_SECONDS; it serves again once it is back")
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
 #: artifacts from this size on are loaded by the gunicorn master and shared by
 #: fresh workers (app/registry/master.py); a smaller model costs each worker less than
@@ -74,18 +73,6 @@ class _Prepared:
     runtime: runtimes.Runtime | None
 
 
-class View:
-    """What a worker knows of the store at one change mark: every row by
-    key, and each model's versions newest first."""
-
-    def __init__(self, mark: int, rows: list[Row]) -> None:
-        self.mark = mark
-        self.rows: dict[Key, Row] = {(r.name, r.version): r for r in rows}
-        self.versions: dict[str, list[Row]] = {}
-        for row in sorted(rows, key=lambda r: version_key(r.version), reverse=True):
-            self.versions.setdefault(row.name, []).append(row)
-
-
 class Registry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
@@ -94,7 +81,6 @@ class Registry:
         self.snapshots = Snapshots(settings.state_dir / "snapshots")
         #: the models folder, read with the deployment's settings
         self.folder = ModelFolder.of(settings)
-        self._seen = View(-1, [])
         self._syncing = 0  # the process whose sync thread runs
         #: the generation whose older snapshots sync last removed, by key
         self._swept: dict[Key, int] = {}
@@ -102,130 +88,23 @@ class Registry:
         self.master: Any = None
         #: set in a worker that is stopping: its sync builds no new copies
         self.retiring = False
+        # The read side's methods are bound here as they are, with no call
+        # in between: get_ready is the state check of every inference.
+        self._catalog = catalog = Catalog(store, self.cache)
+        self.view = catalog.view
+        self.row = catalog.row
+        self.get_ready = catalog.get_ready
+        self.batch_limit = catalog.batch_limit
+        self.index = catalog.index
+        self.versions = catalog.versions
+        self.stats_keys = catalog.stats_keys
+        self.server_ready = catalog.server_ready
+        self.unready_reason = catalog.unready_reason
+        self.watcher_pid = catalog.watcher_pid
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
         return cls(settings, open_store(settings))
-
-    # -- data plane ---------------------------------------------------------
-
-    def view(self) -> View:
-        """The store as it is now. The change mark is read first, so rows
-        read after it are at least as new as the mark says."""
-        mark = self.store.change_mark()
-        seen = self._seen
-        if mark != seen.mark:
-            seen = self._seen = View(mark, self.store.rows_as_of(mark))
-        return seen
-
-    def row(self, name: str, version: str | None = None, fresh: bool = False) -> Row:
-        """One version's row; without a version, the newest READY one (else
-        the newest), as Triton's default version policy serves."""
-        view = View(0, self.store.rows()) if fresh else self.view()
-        rows = view.versions.get(name)
-        if not rows:
-            raise ModelNotFound(f"model {name!r} not found")
-        if version is None:
-            for row in rows:  # a loop: a generator costs a microsecond a request
-                if row.state == READY:
-                    return row
-            return rows[0]
-        row = view.rows.get((name, version))
-        if row is None:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}")
-        return row
-
-    def get_ready(self, name: str, version: str | None = None) -> tuple[Row, runtimes.Runtime]:
-        """The row and this worker's runtime for a model version, brought in
-        line with the shared generation: the one state check of an inference."""
-        if not self.store.vouches():
-            raise StateUnavailable(LEASE_LAPSED)
-        row = self.row(name, version)
-        for _ in range(3):
-            if row.state != READY:
-                self.cache.drop((row.name, row.version))
-                raise ModelNotReady(f"model {label(name, row.version)} is not ready "
-                                    f"({row.state}: {row.reason})")
-            runtime = self.cache.get((row.name, row.version), row.generation)
-            if runtime is not None:
-                return row, runtime
-            try:
-                return row, self.cache.catch_up(row)
-            except Refused as e:
-                # A load or unload may have replaced that generation's
-                # snapshot while we read it: if so, serve what holds now.
-                newer = self.row(name, version, fresh=True)
-                if (newer.version, newer.generation) == (row.version, row.generation):
-                    raise ModelNotReady(f"model {label(name, row.version)} is not ready "
-                                        f"({UNAVAILABLE}: {e.reason})") from None
-                row = newer
-        raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
-
-    def batch_limit(self, name: str, version: str | None = None) -> int:
-        """The model's ``max_batch_size`` if it is READY (app/v2/batching.py),
-        else 0; never raises."""
-        try:
-            row = self.row(name, version)
-        except DepotError:
-            return 0
-        if row.state != READY:
-            return 0
-        return orjson.loads(row.details).get("max_batch_size") or 0
-
-    def index(self, ready_only: bool = False) -> list[Row]:
-        """Every model version's row, by name and version, read from the
-        store (a 503 rather than the rows of a database that is no longer
-        the deployment's), as this host serves it: a READY model whose
-        loaded copy this host cannot serve is UNAVAILABLE here, with why."""
-        self.store.check_identity()
-        rows = sorted(map(self._as_served, self.store.rows()),
-                      key=lambda r: (r.name, version_key(r.version)))
-        return [r for r in rows if r.state == READY] if ready_only else rows
-
-    def _as_served(self, row: Row) -> Row:
-        refused = self.cache.refusal((row.name, row.version), row.generation)
-        if row.state != READY or refused is None:
-            return row
-        return row.replace(state=UNAVAILABLE, reason=refused)
-
-    def versions(self, name: str) -> list[str]:
-        """A model's named versions, oldest first."""
-        found = [r.version for r in self.view().versions.get(name, []) if r.version]
-        return sorted(found, key=version_key)
-
-    def stats_keys(self, name: str | None, version: str | None) -> list[Key]:
-        """The (name, version) pairs a statistics request covers: every
-        version of every model, of one model, or one version (404 if unknown)."""
-        view = self.view()
-        if name is None:
-            return sorted(view.rows)
-        if version is not None:
-            self.row(name, version)
-            return [(name, version)]
-        rows = view.versions.get(name)
-        if not rows:
-            raise ModelNotFound(f"model {name!r} not found")
-        return sorted((r.name, r.version) for r in rows)
-
-    def server_ready(self) -> bool:
-        return self.store.get_meta("started") == "1"
-
-    def unready_reason(self) -> str | None:
-        """Why readiness says no, or None: start-up loading is not done, or
-        the state folder cannot take writes (full, read-only, its database
-        deleted or replaced). Loaded models serve on in every case; the
-        reason says what to mend before control calls can work again."""
-        problem = self.store.health()
-        if problem is None and not self.store.vouches():
-            problem = LEASE_LAPSED
-        if problem is None and not self.server_ready():
-            problem = "starting up: models are loading"
-        return problem
-
-    def watcher_pid(self) -> int | None:
-        """The process that watches the models folder, if one does."""
-        pid = self.store.get_meta("watcher_pid")
-        return int(pid) if pid else None
 
     # -- control plane ------------------------------------------------------
 
@@ -263,7 +142,7 @@ class Registry:
                     self.load(name)
                 except (LoadFailed, ModelNotFound) as e:
                     log.warning("%s", e.message)
-        self.store.set_meta("started", "1")
+        self.store.set_meta(STARTED, "1")
 
     def _adopt(self) -> None:
         """Take over the state the deployment has: a READY row is loaded
@@ -498,7 +377,7 @@ class Registry:
                 # Every wake-up costs the CPU ~0.2 ms here, more than the
                 # pass, and under load it takes the GIL from a request: a
                 # state that stays still is looked at less and less often.
-                mark = self._seen.mark
+                mark = self._catalog.seen.mark
                 wait = self.settings.sync_interval if mark != seen else min(
                     wait * 2, max(IDLE_SYNC_INTERVAL, self.settings.sync_interval))
                 seen = mark
