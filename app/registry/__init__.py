@@ -20,9 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import threading
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,25 +33,17 @@ from ..errors import (DepotError, InsufficientStorage, LoadFailed, ModelBusy, Mo
 from .repository import NEW_ON_DISK, ModelFolder, ModelSpec
 from ..settings import Settings
 from . import cache
-from .cache import Key, Refused, RuntimeCache
+from .cache import RuntimeCache
 from .catalog import LEASE_LAPSED, STARTED, Catalog, View
+from .copies import NOT_SERVED_HERE, Copies, load_runtime
 from .events import describe_error, event, label, log
-from .snapshots import ArtifactDiffers, Snapshots
+from .snapshots import Snapshots
 from ..store import LOADING, READY, UNAVAILABLE, Row, Store, open_store
+from .sync import IDLE_SYNC_INTERVAL, SHARED_FROM, Sync, WorkerControl
 
 CHANGED_ON_DISK = "changed on disk: call load to apply"
 RELOAD_FAILED = "reload failed: "
 LOAD_INTERRUPTED = "load interrupted: the loading process died; call load"
-#: artifacts from this size on are loaded by the gunicorn master and shared by
-#: fresh workers (app/registry/master.py); a smaller model costs each worker less than
-#: replacing the workers does (a fork each, and about a second)
-SHARED_FROM = 1 << 20
-#: seconds between sync passes once the state has not changed for a while:
-#: the pass then only does what a request would do by itself (catch up its
-#: copy) a little sooner, or gives memory back a little sooner
-IDLE_SYNC_INTERVAL = 1.0
-#: the start of the reason a host gives for not serving a READY model
-NOT_SERVED_HERE = "this host cannot serve the loaded copy: "
 #: the lock a host's start-up holds (no model is named ""), and how long
 #: another host waits for it
 STARTING = ""
@@ -77,20 +66,14 @@ class Registry:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.cache = RuntimeCache(self._build_copy)
         self.snapshots = Snapshots(settings.state_dir / "snapshots")
         #: the models folder, read with the deployment's settings
         self.folder = ModelFolder.of(settings)
-        self._syncing = 0  # the process whose sync thread runs
-        #: the generation whose older snapshots sync last removed, by key
-        self._swept: dict[Key, int] = {}
-        #: the gunicorn master (app/registry/master.py), in it and in its workers
-        self.master: Any = None
-        #: set in a worker that is stopping: its sync builds no new copies
-        self.retiring = False
-        # The read side's methods are bound here as they are, with no call
-        # in between: get_ready is the state check of every inference.
-        self._catalog = catalog = Catalog(store, self.cache)
+        copies = Copies(self.snapshots, self.folder)
+        self.cache = RuntimeCache(copies.build)
+        # Each part's methods are bound here as they are, with no call in
+        # between: get_ready is the state check of every inference.
+        catalog = Catalog(store, self.cache)
         self.view = catalog.view
         self.row = catalog.row
         self.get_ready = catalog.get_ready
@@ -101,10 +84,33 @@ class Registry:
         self.server_ready = catalog.server_ready
         self.unready_reason = catalog.unready_reason
         self.watcher_pid = catalog.watcher_pid
+        self._sync = Sync(settings, catalog, self.cache, self.snapshots, copies)
+        self.sync = self._sync.sync
+        self.start_sync = self._sync.start_sync
+        self.stage = self._sync.stage
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
         return cls(settings, open_store(settings))
+
+    @property
+    def master(self) -> WorkerControl | None:
+        """The gunicorn master (app/registry/master.py), in it and in its
+        workers; None where there is none. Set once the master starts."""
+        return self._sync.master
+
+    @master.setter
+    def master(self, master: WorkerControl | None) -> None:
+        self._sync.master = master
+
+    @property
+    def retiring(self) -> bool:
+        """Set in a worker that is stopping: its sync builds no new copies."""
+        return self._sync.retiring
+
+    @retiring.setter
+    def retiring(self, retiring: bool) -> None:
+        self._sync.retiring = retiring
 
     # -- control plane ------------------------------------------------------
 
@@ -153,7 +159,7 @@ class Registry:
         copies, old generations) are removed."""
         keep: set[Path] = set()
         for row in self.store.rows():
-            if row.state == READY and self._restore(row):
+            if row.state == READY and self._sync.restore(row):
                 keep.add(self.snapshots.path(row).parent)
             elif row.state == LOADING:
                 self._unless_busy(self._repair_loading, row.name, row.version)
@@ -164,20 +170,6 @@ class Registry:
             row = self.store.get(name, version)
             if row is not None and row.state == LOADING:
                 self._repair(row)
-
-    def _restore(self, row: Row) -> bool:
-        """Load a READY row's copy into this process's cache (in the master,
-        so every worker it forks has it). If that fails, this host refuses
-        the model and says why; the row, the deployment's, stays as it is."""
-        try:
-            runtime = self._build_copy(row)
-        except Refused as e:
-            self.cache.refuse((row.name, row.version), row.generation, e.reason)
-            event("refuse", row.name, row.version, e.reason, logging.WARNING)
-            return False
-        self.cache.put((row.name, row.version), row.generation, runtime)
-        event("restore", row.name, row.version, f"generation {row.generation}")
-        return True
 
     def reconcile(self, busy: frozenset[str] = frozenset()) -> None:
         """Bring the registry in line with the disk: register what is new
@@ -311,105 +303,6 @@ class Registry:
                 event("unload", row.name, row.version, "unloaded")
             return unloaded
 
-    # -- worker cache -------------------------------------------------------
-
-    def sync(self) -> None:
-        """Bring this process's cache in line with every row at once. A
-        worker that is stopping builds nothing (the fresh forks replacing it
-        have the copies); the master replaces its workers when it had to
-        build a large copy itself (a load on another host), so they share it."""
-        rows = self.view().rows
-        for cached in self.cache.keys():
-            row = rows.get(cached)
-            if row is None or row.state != READY:
-                self.cache.drop(cached)
-        self.cache.expire_staged({k: r.generation for k, r in rows.items()
-                                  if r.state in (READY, LOADING)})
-        shared = False
-        for row in rows.values():
-            key_ = (row.name, row.version)
-            if self._swept.get(key_) != row.generation:
-                self.snapshots.discard_older(row.name, row.version, row.generation)
-                self._swept[key_] = row.generation
-            if row.state != READY or self.cache.generation(key_) == row.generation:
-                continue
-            if self.cache.refusal(key_, row.generation) is not None:
-                continue
-            if self.retiring and self.cache.get(key_, row.generation) is None:
-                continue
-            builds = self.cache.builds
-            try:
-                self.cache.catch_up(row)
-            except Refused as e:
-                event("refuse", row.name, row.version, e.reason, logging.WARNING)
-                continue
-            shared |= self.cache.builds != builds and self._is_large(row)
-        if shared and self.master is not None and not self.master.in_worker():
-            self.master.roll_soon()
-        cache.trim()
-
-    def _is_large(self, row: Row) -> bool:
-        try:
-            return snapshots.size(self.snapshots.path(row)) >= SHARED_FROM
-        except OSError:
-            return False
-
-    def start_sync(self) -> None:
-        """Run :meth:`sync` in a daemon thread of this process, forever (a
-        fork starts its own: threads do not cross a fork)."""
-        if self._syncing == os.getpid():
-            return
-        self._syncing = os.getpid()
-
-        def loop() -> None:
-            said = None  # a lasting fault (the state database gone) is logged once
-            wait, seen = self.settings.sync_interval, None
-            while True:
-                try:
-                    self.sync()
-                    said = None
-                except DepotError as e:
-                    if e.message != said:
-                        log.error("sync failed: %s", e.message)
-                    said = e.message
-                except Exception:  # a passing store error must not end the thread
-                    log.exception("sync failed")
-                # Every wake-up costs the CPU ~0.2 ms here, more than the
-                # pass, and under load it takes the GIL from a request: a
-                # state that stays still is looked at less and less often.
-                mark = self._catalog.seen.mark
-                wait = self.settings.sync_interval if mark != seen else min(
-                    wait * 2, max(IDLE_SYNC_INTERVAL, self.settings.sync_interval))
-                seen = mark
-                threading.Event().wait(wait)
-
-        threading.Thread(target=loop, name="depot-sync", daemon=True).start()
-
-    def _build_copy(self, row: Row) -> runtimes.Runtime:
-        """This process's copy of a published row, from this host's snapshot
-        (made first from the models folder when the host has none: the load
-        happened on another host, or this one lost its copy)."""
-        try:
-            runtime = self._build((row.name, row.version), row.runtime, self._snapshot(row),
-                                  row.details)
-            event("copy", row.name, row.version,
-                  f"generation {row.generation} loaded by process {os.getpid()}")
-            return runtime
-        except ArtifactDiffers as e:
-            raise Refused(f"{NOT_SERVED_HERE}{e}; call load to publish it") from None
-        except (Exception, SystemExit) as e:  # a pickle may call exit()
-            raise Refused(f"{NOT_SERVED_HERE}{describe_error(e)}") from None
-
-    def _snapshot(self, row: Row) -> Path:
-        path = self.snapshots.path(row)
-        if path.exists():
-            return path
-        spec = next((s for s in self.folder.find(row.name)
-                     if s.version == row.version and s.artifact is not None), None)
-        if spec is None or spec.artifact is None:
-            raise ArtifactDiffers("this host's models folder has no artifact for it")
-        return self.snapshots.fetch(row, spec.artifact)
-
     # -- loading ------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -446,7 +339,7 @@ class Registry:
             if row.state != READY:
                 self.store.put(row.replace(state=LOADING, reason="loading"))
             details = repository.details(spec)
-            runtime = self._build((spec.name, spec.version), spec.runtime, artifact, details)
+            runtime = load_runtime((spec.name, spec.version), spec.runtime, artifact, details)
             if not spec.inputs or not spec.outputs:
                 declared = orjson.loads(details)
                 found = runtime.metadata()
@@ -501,15 +394,6 @@ class Registry:
             log.warning("the workers were not replaced (%s); each builds its own copy",
                         e.message)
 
-    def stage(self, row: Row) -> None:
-        """In the gunicorn master: build a row's copy from this host's
-        snapshot and keep it for its workers, before it is published."""
-        try:
-            runtime = self._build_copy(row)
-        except Refused as e:
-            raise LoadFailed(e.reason) from None
-        self.cache.stage((row.name, row.version), row.generation, runtime)
-
     def _publish_failure(self, spec: ModelSpec, row: Row, message: str) -> None:
         """Record why a load failed. When the state folder refuses even
         that write, the log says why and the row keeps what the last write
@@ -526,27 +410,6 @@ class Registry:
             log.warning("could not record that %s failed to load: %s",
                         label(spec.name, spec.version), e.message)
         event("fail", spec.name, spec.version, message, logging.WARNING)
-
-    def _build(self, key_: Key, runtime_name: str | None, artifact: Path,
-               details: str) -> runtimes.Runtime:
-        """Load a runtime. What its library warns about while loading (an
-        artifact saved by another version, an old format) is logged as a
-        ``warning`` event of that model, one JSON line like every other."""
-        cls = runtimes.by_name(runtime_name or "")
-        if cls is None and runtimes.is_user(runtime_name):
-            cls = runtimes.user_runtime(runtime_name or "", artifact)
-        if cls is None:
-            raise LoadFailed(f"no runtime named {runtime_name!r}")
-        runtime = cls(artifact, orjson.loads(details).get("parameters") or {})
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
-            try:
-                runtime.load()
-            finally:
-                for warning in said:
-                    event("warning", key_[0], key_[1], f"{warning.category.__name__}: "
-                          f"{str(warning.message).strip()}", logging.WARNING)
-        return runtime
 
     # -- helpers ------------------------------------------------------------
 

@@ -42,7 +42,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -68,11 +68,19 @@ class MasterRefused(DepotError):
     """The master could not do what a worker asked (its reason says why)."""
 
 
+class Stager(Protocol):
+    """What the master asks of the registry (app/registry/sync.py): a copy
+    of a generation not yet published, kept for the workers it forks next."""
+
+    def stage(self, row: Row) -> None: ...
+
+
 class Master:
     """Made in the gunicorn master before it forks; every worker holds a
-    copy of this object and uses it to reach the master."""
+    copy of this object and uses it to reach the master. It is what the
+    registry knows as its :class:`~app.registry.sync.WorkerControl`."""
 
-    def __init__(self, arbiter: Any, registry: Any, folder: Path) -> None:
+    def __init__(self, arbiter: Any, registry: Stager, folder: Path) -> None:
         self.arbiter = arbiter
         self.registry = registry
         self.pid = os.getpid()
