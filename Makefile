@@ -39,7 +39,7 @@ bench: install-test
 	$(BIN)/python bench/bench.py --baseline $(BASELINE)
 	$(BIN)/python bench/memory.py
 
-# Hostile clients against a real server, measured (docs/architecture.md)
+# Hostile clients against a real server, measured (docs/internals.md)
 attacks: install-test
 	$(BIN)/python bench/attacks.py
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import time
 
+from typing import TYPE_CHECKING
+
 from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
 from .v2.core import DataPlane
+
+if TYPE_CHECKING:
+    from .registry.master import Master
 
 
 class Depot:
@@ -26,3 +31,7 @@ class Depot:
         self.core = DataPlane(self.registry, self.metrics, settings.api_key)
         #: when this process built it: the console's uptime
         self.started = time.time()
+        #: the gunicorn master's part in loads (app/registry/master.py), made
+        #: once the models are loaded and before the first fork; None outside
+        #: gunicorn
+        self.master: "Master | None" = None

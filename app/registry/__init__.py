@@ -57,7 +57,9 @@ class Registry:
         self.cache = RuntimeCache(copies.build)
         # Each part's methods are bound here as they are, with no call in
         # between: get_ready is the state check of every inference.
-        catalog = Catalog(store, self.cache)
+        #: the read side, for callers on the hot path: a method of its class
+        #: is found faster than one bound onto this instance
+        self.catalog = catalog = Catalog(store, self.cache)
         self.view = catalog.view
         self.row = catalog.row
         self.get_ready = catalog.get_ready

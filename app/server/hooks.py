@@ -56,9 +56,10 @@ def when_ready(server: Any, depot: "Depot") -> None:
     # Models loaded later are loaded by this process too, and shared with
     # fresh workers that replace the old ones (app/registry/master.py); its
     # own sync thread keeps its copies in line with the shared state.
-    registry.master = Master(server, registry, depot.settings.state_dir / "workers")
+    depot.master = registry.master = Master(server, registry,
+                                            depot.settings.state_dir / "workers")
     cache.trim(force=True)  # the workers share no free pages the master will write to
-    registry.master.serve()
+    depot.master.serve()
     registry.start_sync()
     if depot.settings.metrics_port:
         # The master lives as long as the deployment: it serves the extra
@@ -92,11 +93,13 @@ def post_worker_init(worker: Any, depot: "Depot") -> None:
         from ..registry import watcher
 
         watcher.start_election(registry)
+    master = depot.master
+    assert master is not None, "when_ready made it, before any fork"
     worker.on_retiring = lambda: setattr(registry, "retiring", True)
-    worker.on_quiet = registry.master.worker_quiet
+    worker.on_quiet = master.worker_quiet
     worker.on_idle = lambda: write_held(worker, depot)
     worker.batch_limit = lambda path: batching.limit_for(registry, path)
-    registry.master.worker_ready()
+    master.worker_ready()
 
 
 def write_held(worker: Any, depot: "Depot") -> None:
@@ -130,6 +133,5 @@ def child_exit(server: Any, worker: Any, depot: "Depot") -> None:
     """A dead worker's counters stay counted, folded into one set of files
     (workers are replaced on every hot load: app/registry/master.py)."""
     depot.metrics.retire(worker.pid)
-    master = depot.registry.master
-    if master is not None:
-        master.worker_gone(worker.pid)
+    if depot.master is not None:
+        depot.master.worker_gone(worker.pid)

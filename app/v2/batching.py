@@ -8,7 +8,7 @@ booster as much to predict one row as sixty-four), so under load one call
 for sixteen requests does the work of sixteen calls at the cost of about
 two. MLServer and Triton batch by waiting up to a deadline for more
 requests; Depot never waits for one that has not arrived: the worker groups
-the whole requests it already holds (``app/server/worker.py``), each runs through
+the whole requests it already holds (``app/server/grouping.py``), each runs through
 the app as usual in a thread of its own, and :class:`Batch` gathers them at
 the model.
 

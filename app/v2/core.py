@@ -156,6 +156,7 @@ class DataPlane:
                  api_key: str | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self._catalog = registry.catalog  # the per-request state check
         self._key = f"Bearer {api_key}".encode() if api_key is not None else None
 
     # -- health and metadata --------------------------------------------------
@@ -195,7 +196,7 @@ class DataPlane:
         as a context manager, a failure inside counts as the model's failed
         request. ``hold``: the server writes the counts once it is idle
         (app/environ.py)."""
-        row, runtime = self.registry.get_ready(name, version)
+        row, runtime = self._catalog.get_ready(name, version)
         return Inference(row, runtime, self.metrics.track(row.name, row.version, hold))
 
     def statistics(self, name: str | None = None,
