@@ -17,10 +17,9 @@ import orjson
 
 import runtimes
 
-from ..errors import DepotError, ModelNotFound, ModelNotReady, StateUnavailable
+from ..errors import DepotError, ModelChanging, ModelNotFound, ModelNotReady, StateUnavailable
 from ..store import READY, UNAVAILABLE, Row, Store
 from .cache import Key, Refused, RuntimeCache
-from .events import label
 from .repository import version_key
 
 LEASE_LAPSED = ("this host has lost touch with the deployment's state store for longer than "
@@ -66,7 +65,7 @@ class Catalog:
         view = View(0, self.store.rows()) if fresh else self.view()
         rows = view.versions.get(name)
         if not rows:
-            raise ModelNotFound(f"model {name!r} not found")
+            raise ModelNotFound(name)
         if version is None:
             for row in rows:  # a loop: a generator costs a microsecond a request
                 if row.state == READY:
@@ -74,7 +73,7 @@ class Catalog:
             return rows[0]
         row = view.rows.get((name, version))
         if row is None:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}")
+            raise ModelNotFound(name, version)
         return row
 
     def get_ready(self, name: str, version: str | None = None) -> tuple[Row, runtimes.Runtime]:
@@ -86,8 +85,7 @@ class Catalog:
         for _ in range(3):
             if row.state != READY:
                 self.cache.drop((row.name, row.version))
-                raise ModelNotReady(f"model {label(name, row.version)} is not ready "
-                                    f"({row.state}: {row.reason})")
+                raise ModelNotReady(name, row.version, row.state, row.reason)
             runtime = self.cache.get((row.name, row.version), row.generation)
             if runtime is not None:
                 return row, runtime
@@ -98,10 +96,9 @@ class Catalog:
                 # snapshot while we read it: if so, serve what holds now.
                 newer = self.row(name, version, fresh=True)
                 if (newer.version, newer.generation) == (row.version, row.generation):
-                    raise ModelNotReady(f"model {label(name, row.version)} is not ready "
-                                        f"({UNAVAILABLE}: {e.reason})") from None
+                    raise ModelNotReady(name, row.version, UNAVAILABLE, e.reason) from None
                 row = newer
-        raise ModelNotReady(f"model {name!r} is changing too fast to serve; try again")
+        raise ModelChanging(name)
 
     def batch_limit(self, name: str, version: str | None = None) -> int:
         """The model's ``max_batch_size`` if it is READY (app/v2/batching.py),
@@ -146,7 +143,7 @@ class Catalog:
             return [(name, version)]
         rows = view.versions.get(name)
         if not rows:
-            raise ModelNotFound(f"model {name!r} not found")
+            raise ModelNotFound(name)
         return sorted((r.name, r.version) for r in rows)
 
     def server_ready(self) -> bool:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import label
+
+__all__ = ["describe_error", "event", "label", "log"]
+
 log = logging.getLogger("depot.registry")
 
 
@@ -16,11 +20,6 @@ def describe_error(e: BaseException) -> str:
     """An error in one line: its class and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def label(name: str, version: str) -> str:
-    """A model version as messages name it (the name alone when it has none)."""
-    return f"{name!r} version {version!r}" if version else repr(name)
 
 
 def event(event: str, name: str, version: str, reason: str, level: int = logging.INFO) -> None:

@@ -77,7 +77,7 @@ class Loader:
                 else:
                     self.repair(row)
             if not specs:
-                raise ModelNotFound(f"model {name!r} is not in the repository")
+                raise ModelNotFound(name)
             prepared, failures = [], []
             for spec in specs:
                 stored = self.store.get(spec.name, spec.version)
@@ -105,7 +105,7 @@ class Loader:
         with self.store.lock(name), self._applied():
             rows = self._rows_of(name) or [self.folder.row(s) for s in self.folder.find(name)]
             if not rows:
-                raise ModelNotFound(f"model {name!r} is not in the repository")
+                raise ModelNotFound(name)
             unloaded = []
             for row in rows:
                 new = row.replace(state=UNAVAILABLE, reason="unloaded", snapshot=None, digest="",

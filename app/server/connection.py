@@ -24,10 +24,13 @@ import socket
 import time
 from typing import Callable
 
-import orjson
 from gunicorn import util
 
-from .framing import Framed, Malformed, RequestFramer
+from runtimes.base import Failure
+
+from ..errors import Malformed, RequestTimeout
+from .answers import error_answer
+from .framing import Framed, RequestFramer
 
 # Bytes asked of the kernel per recv(), and read from one connection per turn
 # at most, so one fast sender cannot keep the worker from the others.
@@ -40,18 +43,6 @@ READ_PER_TURN = 4 << 20
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
-           413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           501: "Not Implemented"}
-
-
-def error_response(status: int, message: str) -> bytes:
-    """A complete JSON error answer that ends its connection."""
-    body = orjson.dumps({"error": message})
-    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode("latin-1") + body
 
 
 class Connection:
@@ -261,7 +252,7 @@ class Connections:
             try:
                 framed = conn.frame()
             except Malformed as e:
-                self.refuse(conn, e.status, e.message)
+                self.refuse(conn, e)
                 return
             if framed is not None:
                 self.waiting.setdefault(conn)
@@ -299,13 +290,14 @@ class Connections:
         else:
             self.update(conn)
 
-    def refuse(self, conn: Connection, status: int, message: str) -> None:
+    def refuse(self, conn: Connection, error: Failure) -> None:
         """Answer a request that cannot be served with a JSON error, and end
         the connection: where its next request would start is unknown."""
-        self.log.warning("Refused request from %s: %d %s", conn.peer(), status, message)
+        self.log.warning("Refused request from %s: %d %s", conn.peer(), error.status,
+                         error.message)
         conn.inbuf.clear()
         conn.framed = None
-        conn.out += error_response(status, message)
+        conn.out += error_answer(error)
         conn.closing = True
         self.write(conn)
 
@@ -348,7 +340,7 @@ class Connections:
                     continue
                 why = conn.overdue(now, self.header_timeout, self.min_body_rate)
                 if why is not None:
-                    self.refuse(conn, 408, why)
+                    self.refuse(conn, RequestTimeout(why))
             elif not conn.inbuf and conn.idle_since < idle:
                 if conn.idle_has_data():
                     conn.receive()  # written to while this worker was busy: not idle

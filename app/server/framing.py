@@ -13,11 +13,16 @@ was sent.
 Framing it cannot be sure of (two lengths, a length and a coding, a coding
 other than chunked) is not guessed at: the head alone goes to gunicorn,
 which refuses it, and the connection ends, so what follows is never read
-as a request. A malformed chunked body is refused here, as a 400.
+as a request. A malformed chunked body is refused here, as a 400, and a body
+over the limit as a 413: both are :class:`~app.errors.Malformed`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..errors import BodyTooLarge, Malformed, MalformedChunks
+
+__all__ = ["Framed", "Malformed", "RequestFramer"]
 
 HEAD_END = b"\r\n\r\n"
 CRLF = b"\r\n"
@@ -26,15 +31,6 @@ HEX = frozenset(b"0123456789abcdefABCDEF")
 MAX_CHUNK_LINE = 4096
 #: most hex digits in a chunk size: 16 already says more than any body limit
 MAX_SIZE_DIGITS = 16
-
-
-class Malformed(Exception):
-    """The request cannot be framed; the connection must end after the answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -123,8 +119,7 @@ class RequestFramer:
             return Framed(self.head_end, close=True)
         length = int(lengths[0]) if lengths else 0
         if length > self.max_body:
-            raise Malformed(413, f"request body too large: {length} bytes, the limit is "
-                                 f"{self.max_body} bytes (DEPOT_MAX_BODY_BYTES)")
+            raise BodyTooLarge(length, self.max_body)
         self.body_end = self.head_end + length
         return None
 
@@ -148,14 +143,13 @@ class _Chunks:
                 if len(buf) < self.data_end + 2:
                     return None
                 if buf[self.data_end:self.data_end + 2] != CRLF:
-                    raise Malformed(400, "malformed chunked body: a chunk is longer "
-                                         "than its size says")
+                    raise MalformedChunks("a chunk is longer than its size says")
                 self.pos, self.data_end = self.data_end + 2, -1
             eol = buf.find(CRLF, self.pos)
             if eol < 0:
                 if len(buf) - self.pos > MAX_CHUNK_LINE:
-                    raise Malformed(400, "malformed chunked body: a chunk-size line "
-                                         f"longer than {MAX_CHUNK_LINE} bytes")
+                    raise MalformedChunks(f"a chunk-size line longer than {MAX_CHUNK_LINE} "
+                                          "bytes")
                 return None
             line = bytes(buf[self.pos:eol])
             if self.trailers:
@@ -166,8 +160,7 @@ class _Chunks:
             size = _chunk_size(line)
             self.total += size
             if self.total > self.max_body:
-                raise Malformed(413, f"request body too large: over {self.max_body} bytes "
-                                     "(DEPOT_MAX_BODY_BYTES)")
+                raise BodyTooLarge(None, self.max_body)
             if size == 0:
                 self.trailers, self.pos = True, eol + 2
             else:
@@ -182,5 +175,5 @@ def _chunk_size(line: bytes) -> int:
         size = size.rstrip(b" \t")
     if not size or len(size) > MAX_SIZE_DIGITS or not HEX.issuperset(size):
         shown = line[:40].decode("latin-1")
-        raise Malformed(400, f"malformed chunked body: bad chunk size {shown!r}")
+        raise MalformedChunks(f"bad chunk size {shown!r}")
     return int(size, 16)

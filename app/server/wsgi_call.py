@@ -24,17 +24,20 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 
 from ..environ import HOLDS_WRITES
+from ..errors import (BadRequest, DepotError, ExpectationFailed, Forbidden, HeadersTooLarge,
+                      NotImplementedCoding, URITooLong)
 from ..v2 import batching
-from .connection import REASONS, Connection, error_response
+from .answers import error_answer, status_line
+from .connection import Connection
 
-# gunicorn's parse errors that are not a plain 400.
-STATUS_OF_PARSE_ERROR = {
-    http_errors.LimitRequestLine: 414,
-    http_errors.LimitRequestHeaders: 431,
-    http_errors.UnsupportedTransferCoding: 501,
-    http_errors.ExpectationFailed: 417,
-    http_errors.ForbiddenProxyRequest: 403,
-    http_errors.ConfigurationProblem: 500,
+# gunicorn's parse errors that are not a plain 400, as the failures they are.
+ERROR_OF_PARSE_ERROR: dict[type, type[DepotError]] = {
+    http_errors.LimitRequestLine: URITooLong,
+    http_errors.LimitRequestHeaders: HeadersTooLarge,
+    http_errors.UnsupportedTransferCoding: NotImplementedCoding,
+    http_errors.ExpectationFailed: ExpectationFailed,
+    http_errors.ForbiddenProxyRequest: Forbidden,
+    http_errors.ConfigurationProblem: DepotError,
 }
 
 
@@ -133,16 +136,16 @@ class WsgiCall:
         gunicorn gives them; a traceback only for what is not the client's."""
         if isinstance(exc, http_errors.ParseException) and not isinstance(
                 exc, (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)):
-            status = next((code for kind, code in STATUS_OF_PARSE_ERROR.items()
-                           if isinstance(exc, kind)), 400)
-            message = f"{type(exc).__name__}: {exc}"
-            self.log.warning("Invalid request from %s: %s", addr and addr[0], message)
+            kind = next((error for parsed, error in ERROR_OF_PARSE_ERROR.items()
+                         if isinstance(exc, parsed)), BadRequest)
+            error = kind(f"{type(exc).__name__}: {exc}")
+            self.log.warning("Invalid request from %s: %s", addr and addr[0], error.message)
         else:
-            status, message = 500, "internal error"
+            error = DepotError("internal error")
             self.log.exception("Error handling request %s", getattr(req, "uri", "(no URI read)"))
         if req is not None:
             environ = wsgi.default_environ(req, client, self.cfg)
             resp = wsgi.Response(req, client, self.cfg)
-            resp.status = f"{status} {REASONS.get(status, 'Error')}"
+            resp.status = status_line(error.status)
             self.log.access(resp, req, environ, datetime.now() - datetime.now())
-        client.sendall(error_response(status, message))
+        client.sendall(error_answer(error))

@@ -529,9 +529,7 @@ class PostgresStore:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ModelBusy(
-                        f"model {name!r} is busy: another load or unload has held it "
-                        f"for {timeout:g} s; try again")
+                    raise ModelBusy(name, timeout)
                 time.sleep(min(LOCK_POLL, left))
             yield
         finally:

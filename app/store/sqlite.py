@@ -283,9 +283,7 @@ class SQLiteStore:
                 except BlockingIOError:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise ModelBusy(
-                            f"model {name!r} is busy: another load or unload has held it "
-                            f"for {timeout:g} s; try again") from None
+                        raise ModelBusy(name, timeout) from None
                     time.sleep(min(LOCK_POLL, left))
             try:
                 yield
