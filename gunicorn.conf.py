@@ -7,7 +7,6 @@ DEPOT_* variables, read by app/settings.py.
 import os
 import shutil
 
-from app.server import hooks
 from app.settings import Settings
 
 # One BLAS/OpenMP thread per worker: gunicorn already runs a process per core.
@@ -22,6 +21,9 @@ _metrics = _settings.state_dir / "metrics"
 shutil.rmtree(_metrics, ignore_errors=True)
 _metrics.mkdir(parents=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics)
+
+# The hooks' bodies (they import numpy: after the thread counts are set)
+from app.server import hooks  # noqa: E402
 
 wsgi_app = "app.wsgi:app"
 bind = ["127.0.0.1:8080"]

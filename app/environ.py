@@ -5,9 +5,10 @@ environ of one request: the server says what it offers there, the app reads
 it. Both import these names from here, so neither depends on the other.
 """
 
-#: the server calls ``on_idle`` once it has been idle for a moment: what the
-#: app writes for each request (counts, log lines) may be held until then,
-#: off the answer's path, and written once for every request served meanwhile
+#: the server tells its host once it has been idle for a moment
+#: (app/server/worker.py): what the app writes for each request (counts, log
+#: lines) may be held until then, off the answer's path, and written once for
+#: every request served meanwhile
 HOLDS_WRITES = "depot.holds_writes"
 #: the model a request named, for its access line
 MODEL = "depot.model"

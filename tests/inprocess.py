@@ -50,7 +50,7 @@ def config(**settings: Any) -> Config:
 def worker(app: Callable | None = None, **settings: Any) -> SimpleNamespace:
     """What WsgiCall reads of gunicorn's worker."""
     return SimpleNamespace(cfg=config(**settings), log=Log(), wsgi=app, nr=0,
-                           max_requests=1 << 30, alive=True, on_idle=None)
+                           max_requests=1 << 30, alive=True, host=None)
 
 
 def wsgi_call(app: Callable | None = None, **settings: Any) -> WsgiCall:

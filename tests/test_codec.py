@@ -1,4 +1,4 @@
-"""app.codec in-process: V2 tensors to numpy and back."""
+"""app.v2.codec in-process: V2 tensors to numpy and back."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""app.repository in-process: what counts as a model on disk; and, against a
+"""app.registry.repository in-process: what counts as a model on disk; and, against a
 real server, that a symlink out of the models folder is refused."""
 from __future__ import annotations
 

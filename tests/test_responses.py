@@ -1,4 +1,4 @@
-"""app.responses and app.sessions: Flask's per-request work Depot skips, and
+"""app.web.responses and app.web.sessions: Flask's per-request work Depot skips, and
 the answers that must not change for it (in-process, then over real HTTP)."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_a_whole_200_answer_goes_out_as_werkzeug_would_send_it():
 
 def test_a_body_replaced_later_keeps_its_length_right():
     response = WholeResponse(b'{"a":1}', content_type="application/json")
-    response.set_data(b"compressed!")  # as app.api does for a client taking gzip
+    response.set_data(b"compressed!")  # as app.web.api does for a client taking gzip
     _, headers, body = served(response)
     assert body == b"compressed!" and headers["Content-Length"] == "11"
 

@@ -38,7 +38,7 @@ def test_an_answer_goes_whole_into_the_connections_buffer() -> None:
 
 def test_the_app_is_told_whether_writes_may_be_held_and_its_seat() -> None:
     call = wsgi_call(app)
-    call.worker.on_idle = lambda: None
+    call.worker.host = object()  # a worker with a host holds writes until idle
     seat = object()
     respond(call, seat=seat)
     assert app.environ[HOLDS_WRITES] is True and app.environ[batching.SEAT] is seat

@@ -34,7 +34,7 @@ class Grouping:
     """One worker's grouping of waiting requests into model calls.
 
     ``limit`` is the app's batch limit for a path (below 2: none are
-    grouped; gunicorn.conf.py sets it as the worker's ``batch_limit``),
+    grouped; the worker's host gives it: app/server/hooks.py),
     ``waiting`` the worker's queue of whole requests, and ``respond`` runs
     the app for one request with its seat."""
 

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..v2 import batching
+
 if TYPE_CHECKING:
     from ..depot import Depot
 
@@ -78,8 +80,6 @@ def post_worker_init(worker: Any, depot: "Depot") -> None:
     stands for election as the deployment's one models-folder watcher.
     It tells the master when it serves, and, as it stops, when it takes no
     new requests (the master waits for both when it replaces workers)."""
-    from ..v2 import batching
-
     registry = depot.registry
     # What the worker inherits (the libraries the master imported while it
     # loaded models, the models loaded then) leaves the collector's walks
@@ -93,13 +93,34 @@ def post_worker_init(worker: Any, depot: "Depot") -> None:
         from ..registry import watcher
 
         watcher.start_election(registry)
-    master = depot.master
-    assert master is not None, "when_ready made it, before any fork"
-    worker.on_retiring = lambda: setattr(registry, "retiring", True)
-    worker.on_quiet = master.worker_quiet
-    worker.on_idle = lambda: write_held(worker, depot)
-    worker.batch_limit = lambda path: batching.limit_for(registry, path)
-    master.worker_ready()
+    assert depot.master is not None, "when_ready made it, before any fork"
+    worker.host = WorkerHost(worker, depot)
+    depot.master.worker_ready()
+
+
+class WorkerHost:
+    """The deployment as a worker sees it (app/server/worker.py's ``Host``):
+    what the worker tells it as it idles and stops, and how many waiting
+    requests one model call may answer."""
+
+    def __init__(self, worker: Any, depot: "Depot") -> None:
+        self.worker = worker
+        self.depot = depot
+
+    def retiring(self) -> None:
+        """A stopping worker builds no new copies: the forks replacing it have them."""
+        self.depot.registry.retiring = True
+
+    def quiet(self) -> None:
+        """Tell the master, which waits for it when it replaces workers."""
+        assert self.depot.master is not None
+        self.depot.master.worker_quiet()
+
+    def idle(self) -> None:
+        write_held(self.worker, self.depot)
+
+    def batch_limit(self, path: str) -> int:
+        return batching.limit_for(self.depot.registry, path)
 
 
 def write_held(worker: Any, depot: "Depot") -> None:

@@ -28,7 +28,7 @@ import resource
 import select
 import threading
 import time
-from typing import Callable
+from typing import Protocol
 
 from gunicorn import util
 from gunicorn.workers import base
@@ -79,20 +79,32 @@ def connection_limit(configured: int, is_default: bool) -> int:
     return room if is_default else max(1, min(configured, room))
 
 
+class Host(Protocol):
+    """What the worker tells the deployment it serves, and asks of it: the
+    one seam between gunicorn's side and the rest of Depot."""
+
+    def retiring(self) -> None:
+        """The worker has begun to stop: it builds no new model copies."""
+
+    def quiet(self) -> None:
+        """The worker takes hardly any new request from now on."""
+
+    def idle(self) -> None:
+        """The worker has had nothing to do for IDLE_WRITE seconds since it
+        last served: what the app held back (HOLDS_WRITES) is written now."""
+
+    def batch_limit(self, path: str) -> int:
+        """How many requests for ``path`` one model call may answer (below
+        2: none are grouped); see app/server/grouping.py."""
+
+
 class KeepAliveWorker(base.Worker):
     """Serves HTTP/1.1 keep-alive connections one whole request at a time."""
 
-    #: called when the worker starts to stop, and once it takes hardly any
-    #: new request (gunicorn.conf.py sets them)
-    on_retiring: Callable[[], None] | None = None
-    on_quiet: Callable[[], None] | None = None
-    #: called once the worker has had nothing to do for IDLE_WRITE seconds
-    #: since it last served: what the app held back (HOLDS_WRITES) is
-    #: written then
-    on_idle: Callable[[], None] | None = None
-    #: how many requests for a path one model call may answer (below 2:
-    #: none are grouped); see app/server/grouping.py and app/v2/batching.py
-    batch_limit: Callable[[str], int] | None = None
+    #: the deployment this worker serves, as the worker sees it (set by
+    #: app/server/hooks.py once the worker has booted); None: a plain
+    #: gunicorn worker, which holds no writes and groups no requests
+    host: Host | None = None
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
@@ -123,12 +135,13 @@ class KeepAliveWorker(base.Worker):
         self.accept_paused_until = 0.0
         self.next_sweep = 0.0
         self.deferred_since: float | None = None
-        self.unwritten = False  # served since on_idle was last called
+        self.unwritten = False  # served since the host was last told it is idle
         super().init_process()
 
     def run(self) -> None:
-        # gunicorn.conf.py's post_worker_init has set the hooks by now.
-        self.grouping = Grouping(self.batch_limit, self.waiting, self.call.respond)
+        # post_worker_init (app/server/hooks.py) has set the host by now.
+        self.grouping = Grouping(self.host.batch_limit if self.host is not None else None,
+                                 self.waiting, self.call.respond)
         self.poller.register(self.PIPE[0], select.EPOLLIN)
         self.poller.register(self.control_calls.wake_read, select.EPOLLIN)
         for listener in self.sockets:
@@ -185,8 +198,8 @@ class KeepAliveWorker(base.Worker):
         ready = self.poller.poll(wait)
         if self.unwritten and not ready and not self.waiting:
             self.unwritten = False
-            if self.on_idle is not None:
-                self.on_idle()
+            if self.host is not None:
+                self.host.idle()
         pending = []
         for fd, events in ready:
             conn = by_fd.get(fd)
@@ -241,8 +254,8 @@ class KeepAliveWorker(base.Worker):
         says it is quiet: it takes hardly any new request from then on."""
         self.alive = False
         self.set_accepting(False)
-        if self.on_retiring is not None:
-            self.on_retiring()
+        if self.host is not None:
+            self.host.retiring()
         now = time.monotonic()
         deadline = now + self.cfg.graceful_timeout
         grace = min(deadline, now + RETIRE_GRACE)
@@ -256,8 +269,8 @@ class KeepAliveWorker(base.Worker):
                                   for c in self.conns.by_fd.values())
             if not quiet and (not idle or time.monotonic() >= grace):
                 quiet = True
-                if self.on_quiet is not None:
-                    self.on_quiet()
+                if self.host is not None:
+                    self.host.quiet()
             if not (idle or busy) or time.monotonic() >= deadline:
                 break
             self.turn(0.05)
@@ -327,7 +340,7 @@ class KeepAliveWorker(base.Worker):
     def serve(self, conn: Connection) -> None:
         """Answer the connection's whole request: a control call in a thread
         of its own (:mod:`.background`), any other here and now."""
-        self.unwritten = self.on_idle is not None
+        self.unwritten = self.host is not None
         data, framed = conn.take_request()
         req = self.call.parse(conn, data)
         if req is None:
@@ -340,7 +353,7 @@ class KeepAliveWorker(base.Worker):
     def serve_together(self, conns: list[Connection]) -> None:
         """Serve requests for one model at once (:mod:`.grouping`), then
         answer them in order."""
-        self.unwritten = self.on_idle is not None
+        self.unwritten = self.host is not None
         jobs = []
         for conn in conns:
             data, framed = conn.take_request()
@@ -357,7 +370,7 @@ class KeepAliveWorker(base.Worker):
     def take_finished(self) -> None:
         """Answer the connections whose control call's thread has answered."""
         for conn, keep in self.control_calls.take_finished():
-            self.unwritten = self.on_idle is not None  # its access line is held
+            self.unwritten = self.host is not None  # its access line is held
             if conn.sock.fileno() >= 0:
                 self.conns.answered(conn, keep)
 

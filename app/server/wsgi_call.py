@@ -61,7 +61,7 @@ class WsgiCall:
     """How the worker runs one request through the app: parse, call, answer.
 
     The worker is gunicorn's: its ``cfg`` hooks take it, and it keeps the
-    request count, ``alive``, the app and the ``on_idle`` hook.
+    request count, ``alive``, the app and its ``host`` (app/server/worker.py).
     """
 
     def __init__(self, worker) -> None:
@@ -99,7 +99,7 @@ class WsgiCall:
             request_start = datetime.now()
             resp, environ = wsgi.create(req, conn, conn.client, conn.server, self.cfg,
                                         response_class=BufferedResponse)
-            environ[HOLDS_WRITES] = worker.on_idle is not None
+            environ[HOLDS_WRITES] = worker.host is not None
             if seat is not None:
                 environ[batching.SEAT] = seat
             worker.nr += 1

@@ -20,7 +20,7 @@ class Row:
     """The shared state of one version of a model. ``generation`` grows on every load and unload;
     a worker whose copy has another generation must catch up before serving.
     ``snapshot`` names the artifact's file in its generation's snapshot
-    folder: each host's private copy (:mod:`app.snapshots`) that its
+    folder: each host's private copy (:mod:`app.registry.snapshots`) that its
     workers load, so all of them serve the same bytes whatever happens on
     disk later; ``digest`` is the SHA-256 of those bytes, and a host whose
     copy would differ refuses the model instead. ``details`` is JSON
