@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from runtimes.base import Runtime
 
     from ..metrics import Metrics
+    from ..metrics.counters import Tracker
     from ..registry import Registry
     from ..store import Row
     from .batching import Seat
@@ -112,7 +113,7 @@ class Inference:
 
     __slots__ = ("row", "runtime", "_track")
 
-    def __init__(self, row: "Row", runtime: "Runtime", track: Any) -> None:
+    def __init__(self, row: "Row", runtime: "Runtime", track: "Tracker") -> None:
         self.row = row
         self.runtime = runtime
         self._track = track
