@@ -50,7 +50,7 @@ def host(postgres_url: str, tmp_path: Path):
 
 def backend_pid(store: PostgresStore) -> int:
     """The server process behind this process's session of ``store``."""
-    with store._session() as conn:
+    with store.database.session() as conn:
         return conn.info.backend_pid
 
 
@@ -209,7 +209,7 @@ def test_a_host_that_stops_hearing_stops_serving_before_the_others_stop_waiting(
     a, b = host("a", lease_seconds=3), host("b", lease_seconds=3)
     a.reset()
     assert b.vouches()
-    listener = b._proc
+    listener = b.database.proc
     listener.stopping.set()
     listener.listener.join(timeout=5)
     a.put(ROW)
