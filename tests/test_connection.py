@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import pytest
 
 from app.server.connection import CONTINUE, LINGER_SECONDS, Connection, Connections
-from inprocess import MAX_BODY, connections, socket_pair
+from standins import MAX_BODY, connections, socket_pair
 
 GET = b"GET /v2/health/live HTTP/1.1\r\nHost: depot\r\n\r\n"
 POST = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: depot\r\nContent-Length: 1000\r\n"

@@ -12,7 +12,7 @@ import pytest
 
 from app.server.background import MAX_BACKGROUND, ControlCalls
 from app.server.framing import Framed
-from inprocess import detached
+from standins import detached
 
 
 @pytest.fixture

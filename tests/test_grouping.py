@@ -9,7 +9,7 @@ import pytest
 
 from app.server.connection import Connection
 from app.server.grouping import MAX_BATCH, MAX_BATCH_BYTES, Grouping
-from inprocess import detached
+from standins import detached
 
 INFER = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: depot\r\nContent-Length: %d\r\n\r\n"
 OTHER = b"POST /v2/models/other/infer HTTP/1.1\r\nHost: depot\r\nContent-Length: %d\r\n\r\n"

@@ -10,7 +10,7 @@ import pytest
 
 from app.server.connection import Connection
 from app.server.framing import Malformed
-from inprocess import CLIENT, SERVER, framer, wsgi_call
+from standins import CLIENT, SERVER, framer, wsgi_call
 
 REQUESTS = Path(__file__).parent / "requests"
 FILES = sorted(REQUESTS.glob("*/*.http"))

@@ -8,7 +8,7 @@ import json
 from app.environ import HOLDS_WRITES
 from app.server.wsgi_call import head_limit
 from app.v2 import batching
-from inprocess import config, detached, wsgi_call
+from standins import config, detached, wsgi_call
 
 GET = b"GET /v2/health/live?x=1 HTTP/1.1\r\nHost: depot\r\n\r\n"
 

@@ -17,6 +17,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from ..environ import HOLDS_WRITES, MODEL, REQUEST_ID
 from ..errors import BadRequest, RequestTimeout
 from ..v2 import batching, codec, compression
+from ..v2.core import SERVER_VERSION
 from . import openapi
 from .responses import WholeResponse, json_response
 
@@ -185,7 +186,7 @@ def statistics(name: str | None = None, version: str | None = None) -> Response:
 
 @bp.get("/v2/openapi.json")
 def openapi_document() -> Response:
-    return json_response(openapi.document(core().server_metadata().version))
+    return json_response(openapi.document(SERVER_VERSION))
 
 
 @bp.get("/metrics")
